@@ -1,0 +1,150 @@
+"""Reads image parts out of a multipart body as it streams in, stopping at the size limit.
+
+Starlette's `request.form()` spools every file to a temporary file (on disk past 1 MiB) before
+the handler sees it, so an over-limit upload is read in full first. Parsing the stream here with
+python-multipart (the parser Starlette itself uses) lets us refuse at the limit and keep images
+in memory, where decoding wants them anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from cross_pictures.errors import UploadTooLarge
+
+if TYPE_CHECKING:  # the TypedDict exists for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
+# Room for boundaries, part headers and small form fields around the image bytes.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class MalformedRequest(Exception):
+    """The request is not what the route needs (mapped to 422, naming the field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class ClientGone(Exception):
+    """The client disconnected before the body was complete."""
+
+
+@dataclass(slots=True)
+class _Part:
+    name: str = ""
+    data: bytearray = field(default_factory=bytearray)
+    wanted: bool = False
+
+
+class _ImagePartCollector:
+    def __init__(self, field: str, max_part_bytes: int, max_parts: int) -> None:
+        self.field = field
+        self.max_part_bytes = max_part_bytes
+        self.max_parts = max_parts
+        self.parts: list[bytes] = []
+        self._part = _Part()
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._on_part_begin,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+        }
+
+    def _on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        if bytes(self._header_name).lower() == b"content-disposition":
+            _, options = parse_options_header(bytes(self._header_value))
+            self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
+            if self._part.name == self.field:
+                if len(self.parts) >= self.max_parts:
+                    raise UploadTooLarge(_too_many(self.field, self.max_parts))
+                self._part.wanted = True
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._part.wanted:
+            return  # other form fields are ignored (their size is bounded by the body limit)
+        if len(self._part.data) + (end - start) > self.max_part_bytes:
+            raise UploadTooLarge(
+                f"the image is larger than MAX_UPLOAD_BYTES={self.max_part_bytes} bytes; "
+                "send a smaller file (resizing to ~1000 px loses no accuracy)"
+            )
+        self._part.data += data[start:end]
+
+    def _on_part_end(self) -> None:
+        if self._part.wanted:
+            self.parts.append(bytes(self._part.data))
+        self._part = _Part()
+
+
+def _too_many(field: str, max_parts: int) -> str:
+    if max_parts == 1:
+        return f"send one file in the '{field}' field; use POST /infer/batch for several"
+    return f"at most {max_parts} files may be sent in the '{field}' field (MAX_BATCH_IMAGES)"
+
+
+async def read_image_parts(
+    request: Request, *, field: str, max_part_bytes: int, max_parts: int
+) -> list[bytes]:
+    """The contents of every multipart part named `field`, each at most `max_part_bytes`."""
+    media_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if media_type != b"multipart/form-data" or not boundary:
+        raise MalformedRequest(
+            field,
+            f"send the image as multipart/form-data in a field named '{field}', "
+            f"e.g. curl -F {field}=@photo.jpg",
+        )
+    body_limit = max_parts * max_part_bytes + MULTIPART_OVERHEAD_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > body_limit:
+        # Refuse before reading a byte of an upload we would throw away.
+        raise UploadTooLarge(
+            f"the request body is {int(declared)} bytes, more than the "
+            f"{max_part_bytes}-byte limit per image (MAX_UPLOAD_BYTES); send a smaller file"
+        )
+    collector = _ImagePartCollector(field, max_part_bytes, max_parts)
+    parser = MultipartParser(boundary, collector.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:  # chunked bodies declare no length up front
+                raise UploadTooLarge(
+                    f"the request body is larger than {body_limit} bytes; "
+                    f"each image may have at most MAX_UPLOAD_BYTES={max_part_bytes} bytes"
+                )
+            parser.write(chunk)
+        parser.finalize()
+    except ClientDisconnect as exc:
+        raise ClientGone from exc
+    except MultipartParseError as exc:
+        raise MalformedRequest(field, f"the multipart body is malformed: {exc}") from exc
+    if not collector.parts:
+        raise MalformedRequest(
+            field, f"field '{field}' is required: attach the image with -F {field}=@photo.jpg"
+        )
+    return collector.parts

@@ -1,0 +1,214 @@
+"""Dynamic batching: one thread owns the model and runs queued images together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cross_pictures.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from cross_pictures.inference import Classifier, FloatArray
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One image's probabilities and how it got them."""
+
+    probabilities: FloatArray
+    model_ms: float  # the model run of the batch this image was in
+    queue_ms: float  # time from submit to the start of that run
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What happened in one model run, for metrics."""
+
+    size: int
+    model_seconds: float
+    queue_seconds: tuple[float, ...]
+    expired: int
+
+
+@dataclass(slots=True)
+class _Job:
+    tensor: FloatArray
+    future: asyncio.Future[RunResult]
+    loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+def _resolve(future: asyncio.Future[RunResult], outcome: RunResult | BaseException) -> None:
+    # Runs on the event loop; the caller may have given up (cancelled) meanwhile.
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _deliver(job: _Job, outcome: RunResult | BaseException) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+    except RuntimeError:  # the caller's event loop has closed: nobody is waiting
+        pass
+
+
+class ModelRunner:
+    """Feeds the classifier from a bounded queue, in batches, on its own thread.
+
+    Why one thread: several callers running one session at once each spin up intra-op threads
+    that fight over the cores; one caller with batches gets the best of both latency (a lone
+    request runs at once with every thread) and throughput (a busy queue fills batches).
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue: int,
+        request_timeout_s: float,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._classifier = classifier
+        limit = classifier.max_batch_size
+        self.max_batch_size = min(max_batch_size, limit) if limit else max_batch_size
+        self._max_delay = max_batch_delay_s
+        self._max_queue = max_queue
+        self._timeout = request_timeout_s
+        self._on_batch = on_batch
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._accepting = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for the model."""
+        return len(self._queue)
+
+    @property
+    def accepting(self) -> bool:
+        """True while new work is taken."""
+        return self._accepting
+
+    def start(self) -> None:
+        """Start the runner thread and accept work."""
+        self._accepting = True
+        self._thread = threading.Thread(target=self._loop, name="model-runner", daemon=True)
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        """Refuse new work; what is queued still runs."""
+        self._accepting = False
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish what is queued, then end the thread."""
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def submit(self, tensor: FloatArray) -> RunResult:
+        """Queue one preprocessed image and wait for its probabilities."""
+        loop = asyncio.get_running_loop()
+        job = _Job(tensor, loop.create_future(), loop)
+        with self._cond:
+            if not self._accepting:
+                raise ModelNotReady("the service is not accepting work (starting or shutting down)")
+            if len(self._queue) >= self._max_queue:
+                raise Overloaded(
+                    f"{len(self._queue)} images are already waiting for the model; retry shortly"
+                )
+            self._queue.append(job)
+            self._cond.notify()
+        return await job.future
+
+    def run_sync(self, batch: FloatArray) -> FloatArray:
+        """Run a batch directly, bypassing the queue (warm-up before the thread starts)."""
+        return self._classifier.run(batch)
+
+    def _take_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            while self._queue and len(batch) < self.max_batch_size:
+                batch.append(self._queue.popleft())
+            # A lone request never waits; a batch that is already forming may wait a little
+            # for more, because under load the next arrival is only moments away.
+            if 1 < len(batch) < self.max_batch_size and self._max_delay > 0:
+                give_up = time.perf_counter() + self._max_delay
+                while len(batch) < self.max_batch_size:
+                    if self._queue:
+                        batch.append(self._queue.popleft())
+                        continue
+                    remaining = give_up - time.perf_counter()
+                    if remaining <= 0 or self._stopping:
+                        break
+                    self._cond.wait(remaining)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        live: list[_Job] = []
+        for job in batch:
+            if job.future.cancelled():
+                continue  # the caller is gone: never spend the model on it
+            if started - job.submitted > self._timeout:
+                _deliver(
+                    job,
+                    DeadlineExceeded(
+                        f"the request waited {started - job.submitted:.1f} s for the model, "
+                        f"longer than REQUEST_TIMEOUT_S={self._timeout:g}; retry later"
+                    ),
+                )
+                continue
+            live.append(job)
+        if not live:
+            return
+        try:
+            probabilities = self._classifier.run(np.stack([job.tensor for job in live]))
+        except Exception as exc:  # noqa: BLE001 - any model failure goes back to its callers
+            logger.exception("model run failed for a batch of %d", len(live))
+            for job in live:
+                _deliver(job, exc)
+            return
+        model_s = time.perf_counter() - started
+        for job, row in zip(live, probabilities, strict=True):
+            result = RunResult(
+                probabilities=row,
+                model_ms=model_s * 1000,
+                queue_ms=(started - job.submitted) * 1000,
+                batch_size=len(live),
+            )
+            _deliver(job, result)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    size=len(live),
+                    model_seconds=model_s,
+                    queue_seconds=tuple(started - job.submitted for job in live),
+                    expired=len(batch) - len(live),
+                )
+            )

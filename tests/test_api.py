@@ -1,0 +1,236 @@
+"""The HTTP API through create_app with a fake classifier: shapes, limits and every error."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cross_pictures.app import create_app
+from cross_pictures.config import Settings
+from tests.conftest import image_bytes
+from tests.fakes import FakeClassifier
+
+
+def test_health_reports_model_loaded(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model_loaded": True}
+
+
+def test_health_is_503_before_the_model_loads(settings: Settings) -> None:
+    app = create_app(settings, load_classifier=lambda _: FakeClassifier())
+    with TestClient(app) as client:  # lifespan ran: loaded
+        assert client.get("/health").status_code == 200
+    client = TestClient(app)  # no lifespan: nothing loaded
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "model_loaded": False}
+    infer = client.post("/infer", files={"image": ("a.png", image_bytes())})
+    assert infer.status_code == 503
+    assert infer.headers["retry-after"] == "1"
+
+
+def test_infer_returns_sorted_top_k(client: TestClient) -> None:
+    response = client.post("/infer", files={"image": ("cat.png", image_bytes())})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"predictions", "inference_time_ms"}
+    confidences = [p["confidence"] for p in body["predictions"]]
+    assert len(confidences) == 3
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(0 <= c <= 1 for c in confidences)
+    assert body["inference_time_ms"] >= 0
+
+
+def test_different_images_get_their_own_answers(client: TestClient) -> None:
+    answers = {
+        color: client.post("/infer", files={"image": ("x.png", image_bytes(color=color))}).json()
+        for color in ("red", "blue")
+    }
+    assert answers["red"]["predictions"] != answers["blue"]["predictions"]
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_top_k_query_overrides_default(client: TestClient, k: int) -> None:
+    response = client.post(f"/infer?top_k={k}", files={"image": ("a.png", image_bytes())})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == k
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "abc", "11", "1001"])
+def test_bad_top_k_is_422_naming_the_field(client: TestClient, k: str) -> None:
+    response = client.post(f"/infer?top_k={k}", files={"image": ("a.png", image_bytes())})
+    assert response.status_code == 422
+    assert "top_k" in response.json()["detail"]
+
+
+def test_missing_image_field_is_422_naming_it(client: TestClient) -> None:
+    response = client.post("/infer", files={"photo": ("a.png", image_bytes())})
+    assert response.status_code == 422
+    assert "'image'" in response.json()["detail"]
+
+
+def test_not_multipart_is_422_with_the_curl_hint(client: TestClient) -> None:
+    response = client.post("/infer", content=image_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 422
+    assert "-F image=@" in response.json()["detail"]
+
+
+def test_two_images_on_infer_is_422(client: TestClient) -> None:
+    files = [("image", ("a.png", image_bytes())), ("image", ("b.png", image_bytes()))]
+    response = client.post("/infer", files=files)
+    assert response.status_code == 413 or response.status_code == 422
+    assert "/infer/batch" in response.json()["detail"]
+
+
+def test_empty_file_is_400(client: TestClient) -> None:
+    response = client.post("/infer", files={"image": ("a.jpg", b"")})
+    assert response.status_code == 400
+    assert "empty" in response.json()["detail"]
+
+
+def test_truncated_jpeg_is_400(client: TestClient) -> None:
+    data = image_bytes("JPEG", size=(300, 300), color="green")
+    response = client.post("/infer", files={"image": ("a.jpg", data[: len(data) // 2])})
+    assert response.status_code == 400
+
+
+def test_pdf_named_jpg_is_415_naming_pdf(client: TestClient) -> None:
+    pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n"
+    response = client.post("/infer", files={"image": ("photo.jpg", pdf, "image/jpeg")})
+    assert response.status_code == 415
+    assert "PDF" in response.json()["detail"]
+
+
+def test_text_is_415(client: TestClient) -> None:
+    response = client.post("/infer", files={"image": ("photo.jpg", b"hello, world\n" * 10)})
+    assert response.status_code == 415
+
+
+def test_upload_over_limit_is_413_without_reading_it_all(
+    client: TestClient, settings: Settings
+) -> None:
+    big = b"\xff\xd8\xff" + b"\0" * (settings.max_upload_bytes + 10)
+    response = client.post("/infer", files={"image": ("big.jpg", big)})
+    assert response.status_code == 413
+    assert "MAX_UPLOAD_BYTES" in response.json()["detail"]
+
+
+def test_chunked_upload_over_limit_is_413(client: TestClient, settings: Settings) -> None:
+    boundary = "xyz"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    sent = []
+
+    def body() -> object:
+        yield head
+        for _ in range(100):  # 100 × 64 KiB: far past the 200 kB limit
+            sent.append(1)
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post(
+        "/infer",
+        content=body(),  # type: ignore[arg-type]
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413
+    assert len(sent) < 100  # stopped reading at the limit
+
+
+def test_too_many_pixels_is_413(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (3000, 3000)).save(buffer, "PNG")  # 9 MP, tiny file, over 4 MP limit
+    response = client.post("/infer", files={"image": ("bomb.png", buffer.getvalue())})
+    assert response.status_code == 413
+    assert "MAX_IMAGE_PIXELS" in response.json()["detail"]
+
+
+def test_errors_never_500_on_garbage(client: TestClient) -> None:
+    for blob in (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"GIF89a" + b"\xff" * 20, b"\xff\xd8\xff"):
+        response = client.post("/infer", files={"image": ("x", blob)})
+        assert 400 <= response.status_code < 500, (blob, response.text)
+    assert client.get("/health").status_code == 200
+
+
+def test_batch_mixes_good_and_bad_images(client: TestClient) -> None:
+    files = [
+        ("images", ("a.png", image_bytes(color="red"))),
+        ("images", ("b.jpg", b"not an image at all")),
+        ("images", ("c.jpg", b"")),
+        ("images", ("d.jpg", image_bytes("JPEG", color="blue"))),
+    ]
+    response = client.post("/infer/batch?top_k=2", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3]
+    assert len(results[0]["predictions"]) == 2 and results[0]["error"] is None
+    assert results[1]["error"]["status"] == 415 and results[1]["predictions"] is None
+    assert results[2]["error"]["status"] == 400
+    assert len(results[3]["predictions"]) == 2
+    single = client.post("/infer?top_k=2", files={"image": ("a.png", image_bytes(color="red"))})
+    assert results[0]["predictions"] == single.json()["predictions"]
+
+
+def test_batch_over_the_image_limit_is_413(client: TestClient, settings: Settings) -> None:
+    files = [("images", (f"{i}.png", image_bytes())) for i in range(settings.max_batch_images + 1)]
+    response = client.post("/infer/batch", files=files)
+    assert response.status_code == 413
+    assert "MAX_BATCH_IMAGES" in response.json()["detail"]
+
+
+def test_batch_without_images_is_422(client: TestClient) -> None:
+    response = client.post("/infer/batch", files={"image": ("a.png", image_bytes())})
+    assert response.status_code == 422
+    assert "'images'" in response.json()["detail"]
+
+
+def test_openapi_documents_every_status_with_examples(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    infer = spec["paths"]["/infer"]["post"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(infer["responses"])
+    for status in ("400", "413", "415", "422", "503"):
+        assert infer["responses"][status]["content"]["application/json"]["examples"]
+    body = infer["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["image"]["format"] == "binary"
+    assert "/infer/batch" in spec["paths"]
+
+
+def test_event_loop_stays_responsive_during_slow_inference(settings: Settings) -> None:
+    slow = FakeClassifier(delay_s=1.0)
+    app = create_app(settings, load_classifier=lambda _: slow)
+    with TestClient(app) as client:
+        slow.running.clear()
+        result: list[int] = []
+        thread = threading.Thread(
+            target=lambda: result.append(
+                client.post("/infer", files={"image": ("a.png", image_bytes())}).status_code
+            )
+        )
+        thread.start()
+        assert slow.running.wait(5)
+        # The model is busy for a second; health must answer while it is.
+        assert client.get("/health").status_code == 200
+        assert thread.is_alive()  # proves health did not wait for the inference
+        thread.join()
+        assert result == [200]
+
+
+def test_missing_model_file_message_names_the_fix(tmp_path: Path, labels_file: Path) -> None:
+    from cross_pictures.errors import ModelLoadError
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_path=tmp_path / "nope.onnx",
+        labels_path=labels_file,
+    )
+    with pytest.raises(ModelLoadError, match="MODEL_PATH=.*cross-pictures fetch-model"):
+        create_app(settings)
+
