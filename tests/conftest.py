@@ -16,6 +16,7 @@ from PIL import Image
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
 from tests.fakes import FAKE_LABELS, FakeClassifier
+from tests.server import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = ROOT / "resources" / "resnet50.onnx"
@@ -80,3 +81,12 @@ def require_photos() -> list[dict[str, Any]]:
         pytest.skip(f"{golden} is missing: the dev photos live in ../shared/photos")
     entries: list[dict[str, Any]] = json.loads(golden.read_text())
     return entries
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real uvicorn process serving the real fp32 model, shared by the tests that need it."""
+    require_model()
+    log = tmp_path_factory.mktemp("live-server") / "server.log"
+    with running_server(log, {"PRECISION": "fp32", "LOG_LEVEL": "warning"}) as server:
+        yield server
