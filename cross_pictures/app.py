@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -12,10 +13,17 @@ from fastapi import FastAPI
 
 from cross_pictures import __version__
 from cross_pictures.api.errors import install_error_handlers
+from cross_pictures.api.middleware import RequestObserver
+from cross_pictures.api.pages import router as pages_router
 from cross_pictures.api.routes import router
+from cross_pictures.api.uploads import UploadSlots
+from cross_pictures.api.v2 import router as v2_router
 from cross_pictures.batching import ModelRunner
 from cross_pictures.config import Settings, check_files
-from cross_pictures.inference import Classifier, OnnxClassifier
+from cross_pictures.draining import install_sigterm_drain
+from cross_pictures.inference import Classifier, ModelInfo, OnnxClassifier
+from cross_pictures.logs import configure_logging
+from cross_pictures.metrics import Metrics, mark_process_dead
 from cross_pictures.preprocessing import INPUT_SIZE
 from cross_pictures.service import ClassificationService, ServiceState
 
@@ -26,11 +34,19 @@ ClassifierLoader = Callable[[Settings], Classifier]
 
 def load_onnx_classifier(settings: Settings) -> Classifier:
     """The real classifier for these settings (PRECISION picks the model file)."""
-    classifier = OnnxClassifier.from_files(
+    return OnnxClassifier.from_files(
         settings.active_model_path, settings.labels_path, threads=settings.threads
     )
-    info = classifier.info
-    assert info is not None
+
+
+def describe_model(classifier: Classifier, settings: Settings, metrics: Metrics) -> None:
+    """Log the start-up line and set the model_info metric, for a real model."""
+    info: ModelInfo | None = getattr(classifier, "info", None)
+    if info is None:
+        return  # a test double
+    metrics.model_info.labels(
+        os.path.basename(info.path), info.sha256, str(list(info.input_shape)), settings.precision
+    ).set(1)
     logger.info(
         "model loaded",
         extra={
@@ -40,11 +56,13 @@ def load_onnx_classifier(settings: Settings) -> Classifier:
             "output": info.output_name,
             "classes": info.num_classes,
             "softmax_in_graph": info.ends_in_softmax,
+            "precision": settings.precision.value,
             "threads": info.threads,
+            "workers": settings.workers,
+            "pid": os.getpid(),
             "load_s": round(info.load_seconds, 3),
         },
     )
-    return classifier
 
 
 def warm_up(runner: ModelRunner) -> None:
@@ -58,21 +76,26 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Tests pass a `load_classifier` returning a fake; the default loads ONNX."""
     settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
     if load_classifier is None:
         check_files(settings)  # fail at start-up with the fix, not at the first request
         load_classifier = load_onnx_classifier
     loader = load_classifier
     runtime = ServiceState()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        restore_sigterm = install_sigterm_drain(runtime, timeout_s=settings.shutdown_timeout_s)
         classifier = await anyio.to_thread.run_sync(loader, settings)
+        describe_model(classifier, settings, metrics)
         runner = ModelRunner(
             classifier,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout_s,
+            on_batch=metrics.observe_batch,
         )
         runtime.service = ClassificationService(
             runner,
@@ -83,21 +106,31 @@ def create_app(
         await anyio.to_thread.run_sync(warm_up, runner)
         runner.start()
         runtime.warmed_up = True
+        logger.info("ready", extra={"max_batch_size": runner.max_batch_size})
         try:
             yield
         finally:
             runtime.draining = True
             await anyio.to_thread.run_sync(runner.stop, settings.shutdown_timeout_s)
             runtime.service = None
+            restore_sigterm()
+            mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="cross_pictures",
         version=__version__,
         summary="ImageNet ResNet-50 image classification on the CPU, with ONNX Runtime.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by api/pages.py
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(v2_router)
+    app.include_router(pages_router)
+    app.add_middleware(RequestObserver, metrics=metrics, state=runtime)
     return app

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +27,20 @@ def _settings() -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the HTTP service with uvicorn."""
+    """Run the HTTP service with uvicorn; exits 0 after a SIGTERM drain."""
     import uvicorn
+
+    from cross_pictures.metrics import MULTIPROC_ENV
 
     settings = _settings()
     check_files(settings)
+    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Workers must share a metrics directory so /metrics adds up across them; it has to be
+        # in the environment before any worker imports prometheus_client.
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cross-pictures-metrics-")
+    # uvicorn re-raises SIGTERM once it has shut down; with the default action that would end
+    # the process with status 143 after a clean drain. Ignore that echo and exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "cross_pictures.main:app",
         host=args.host or settings.host,
@@ -35,6 +48,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         log_level=settings.log_level,
+        access_log=False,  # the service logs one structured line per request itself
     )
     return 0
 
@@ -113,13 +127,23 @@ def quantize(args: argparse.Namespace) -> int:
     from cross_pictures import quantization
 
     settings = _settings()
-    report = quantization.quantize_model(
-        fp32_path=settings.model_path,
-        int8_path=Path(args.output) if args.output else settings.int8_model_path,
-        calibration_dir=Path(args.calibration) if args.calibration else None,
-        min_agreement=args.min_agreement,
-        eval_dir=Path(args.eval) if args.eval else None,
-    )
+    try:
+        report = quantization.quantize_model(
+            fp32_path=settings.model_path,
+            int8_path=Path(args.output) if args.output else settings.int8_model_path,
+            calibration_dir=Path(args.calibration) if args.calibration else None,
+            min_agreement=args.min_agreement,
+            eval_dir=Path(args.eval) if args.eval else None,
+            max_pixels=settings.max_image_pixels,
+            threads=settings.threads,
+        )
+    except quantization.AgreementTooLowError as exc:
+        print(exc.report, file=sys.stderr)
+        print(f"cross-pictures quantize: {exc}", file=sys.stderr)
+        return 1
+    except quantization.QuantizationError as exc:
+        print(f"cross-pictures quantize: {exc}", file=sys.stderr)
+        return 1
     print(report)
     return 0
 
@@ -155,14 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=fetch_model)
 
     p = commands.add_parser("quantize", help="make the int8 model (PRECISION=int8)")
-    p.add_argument("--calibration", help="folder of calibration images (default: generated)")
-    p.add_argument("--eval", help="folder of images to measure top-1 agreement on")
+    p.add_argument(
+        "--calibration",
+        help="folder of calibration images (default: 48 generated images, fixed seed)",
+    )
+    p.add_argument(
+        "--eval",
+        help="folder of images to measure top-1 agreement on (default: the calibration images)",
+    )
     p.add_argument("--output", help="where to write (default: INT8_MODEL_PATH)")
     p.add_argument(
         "--min-agreement",
         type=float,
-        default=0.95,
-        help="refuse to write a model whose top-1 agrees with fp32 on fewer images",
+        default=0.95,  # quantization.DEFAULT_MIN_AGREEMENT, not imported: it loads onnxruntime
+        help="refuse to write a model whose top-1 agrees with fp32 on a smaller fraction of "
+        "the evaluation images (default: %(default)s)",
     )
     p.set_defaults(handler=quantize)
     return parser
@@ -171,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cross-pictures` console script."""
     args = build_parser().parse_args(argv)
+    if args.command in ("fetch-model", "quantize"):
+        # The model tools report progress through logging (downloads take a while).
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code: int = args.handler(args)
     except ModelLoadError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import numpy as np
@@ -107,6 +107,9 @@ class ServiceState:
     service: ClassificationService | None = None
     warmed_up: bool = False
     draining: bool = False
+    in_flight: int = 0  # HTTP requests being handled, kept by the request middleware
+    # Strong references to fire-and-forget tasks, so the loop does not lose them.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def model_loaded(self) -> bool:

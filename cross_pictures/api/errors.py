@@ -30,6 +30,11 @@ STATUS_BY_ERROR: dict[type[CrossPicturesError], int] = {
     Overloaded: 503,
     DeadlineExceeded: 504,
 }
+REJECTION_REASONS: dict[type[CrossPicturesError], str] = {
+    Overloaded: "overloaded",
+    ModelNotReady: "not_ready",
+    DeadlineExceeded: "deadline",
+}
 RETRY_AFTER_SECONDS = "1"
 
 
@@ -68,6 +73,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CrossPicturesError)
+        reason = REJECTION_REASONS.get(type(exc))
+        if reason is not None:
+            request.app.state.metrics.rejected.labels(reason).inc()
         return error_response(request, status_for(exc), str(exc))
 
     async def on_malformed(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from cross_pictures.api.errors import error_responses, status_for
 from cross_pictures.api.schemas import (
@@ -17,7 +17,12 @@ from cross_pictures.api.schemas import (
     PredictionOut,
     ReadyResponse,
 )
-from cross_pictures.api.uploads import MalformedRequest, read_image_parts
+from cross_pictures.api.uploads import (
+    MalformedRequest,
+    UploadSlots,
+    cancel_if_client_leaves,
+    read_image_parts,
+)
 from cross_pictures.config import Settings
 from cross_pictures.errors import ModelNotReady
 from cross_pictures.inference import Prediction
@@ -36,6 +41,11 @@ def get_state(request: Request) -> ServiceState:
     return state
 
 
+def get_upload_slots(request: Request) -> UploadSlots:
+    slots: UploadSlots = request.app.state.upload_slots
+    return slots
+
+
 def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> ClassificationService:
     if state.draining:
         raise ModelNotReady("the service is shutting down; retry on another instance")
@@ -45,6 +55,7 @@ def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> Classific
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+SlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 ServiceDep = Annotated[ClassificationService, Depends(get_service)]
 TopK = Annotated[
     int | None,
@@ -122,13 +133,17 @@ async def ready(state: Annotated[ServiceState, Depends(get_state)]) -> ReadyResp
     tags=["inference"],
 )
 async def infer(
-    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopK = None
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    slots: SlotsDep,
+    top_k: TopK = None,
 ) -> InferResponse:
     k = _bounded_k(top_k, settings, service)
     (image,) = await read_image_parts(
-        request, field="image", max_part_bytes=settings.max_upload_bytes, max_parts=1
+        request, field="image", max_part_bytes=settings.max_upload_bytes, max_parts=1, slots=slots
     )
-    result = await service.classify(image, k)
+    result = await cancel_if_client_leaves(request, service.classify(image, k))
     _record(request, [result])
     return InferResponse(
         predictions=_predictions(result.predictions), inference_time_ms=result.inference_time_ms
@@ -147,7 +162,11 @@ async def infer(
     tags=["inference"],
 )
 async def infer_batch(
-    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopK = None
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    slots: SlotsDep,
+    top_k: TopK = None,
 ) -> BatchResponse:
     k = _bounded_k(top_k, settings, service)
     images = await read_image_parts(
@@ -155,8 +174,9 @@ async def infer_batch(
         field="images",
         max_part_bytes=settings.max_upload_bytes,
         max_parts=settings.max_batch_images,
+        slots=slots,
     )
-    outcomes = await service.classify_many(images, k)
+    outcomes = await cancel_if_client_leaves(request, service.classify_many(images, k))
     items: list[BatchItem] = []
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, Classification):
@@ -180,3 +200,15 @@ def _bounded_k(top_k: int | None, settings: Settings, service: ClassificationSer
     if top_k is not None and top_k > classes:
         raise MalformedRequest("top_k", f"top_k: must be between 1 and {classes}, got {top_k}")
     return min(top_k or settings.top_k, classes)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    tags=["probes"],
+)
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)

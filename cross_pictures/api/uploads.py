@@ -8,20 +8,48 @@ in memory, where decoding wants them anyway.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from cross_pictures.errors import UploadTooLarge
+from cross_pictures.errors import Overloaded, UploadTooLarge
 
 if TYPE_CHECKING:  # the TypedDict exists for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
+T = TypeVar("T")
+
 # Room for boundaries, part headers and small form fields around the image bytes.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class UploadSlots:
+    """Bounds how many request bodies are read at once, so a flood of big uploads cannot
+    exhaust memory: past the limit a request is refused (503) before its body is read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        """Hold one slot while reading a body; Overloaded if none is free."""
+        if self.busy >= self.limit:
+            raise Overloaded(
+                f"{self.busy} uploads are being received already "
+                f"(MAX_CONCURRENT_UPLOADS={self.limit}); retry shortly"
+            )
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
 
 
 class MalformedRequest(Exception):
@@ -34,7 +62,7 @@ class MalformedRequest(Exception):
 
 
 class ClientGone(Exception):
-    """The client disconnected before the body was complete."""
+    """The client disconnected before it got its answer."""
 
 
 @dataclass(slots=True)
@@ -107,9 +135,18 @@ def _too_many(field: str, max_parts: int) -> str:
 
 
 async def read_image_parts(
-    request: Request, *, field: str, max_part_bytes: int, max_parts: int
+    request: Request, *, field: str, max_part_bytes: int, max_parts: int, slots: UploadSlots
 ) -> list[bytes]:
     """The contents of every multipart part named `field`, each at most `max_part_bytes`."""
+    with slots.take():
+        return await _read_image_parts(
+            request, field=field, max_part_bytes=max_part_bytes, max_parts=max_parts
+        )
+
+
+async def _read_image_parts(
+    request: Request, *, field: str, max_part_bytes: int, max_parts: int
+) -> list[bytes]:
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if media_type != b"multipart/form-data" or not boundary:
@@ -148,3 +185,25 @@ async def read_image_parts(
             field, f"field '{field}' is required: attach the image with -F {field}=@photo.jpg"
         )
     return collector.parts
+
+
+async def cancel_if_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first, so the model never runs
+    for nobody (the model runner skips cancelled requests)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body is fully read by now, so the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled() and not watcher.cancelled():
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,209 @@
+"""Metrics, request ids, logs, readiness and overload through the app (fake classifier)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cross_pictures.app import create_app
+from cross_pictures.config import Settings
+from cross_pictures.logs import JsonFormatter, TextFormatter
+from cross_pictures.service import ServiceState
+from tests.conftest import image_bytes
+from tests.fakes import FakeClassifier
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if sample == name or sample == f"{name}{{{wanted}}}":
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_requests_batches_and_images(client: TestClient) -> None:
+    for _ in range(3):
+        client.post("/infer", files={"image": ("a.png", image_bytes(size=(40, 30)))})
+    client.post("/infer", files={"image": ("a.jpg", b"")})
+    text = client.get("/metrics").text
+    assert metric_value(
+        text, "cross_pictures_requests_total", route="/infer", method="POST", status="200"
+    ) == 3
+    assert metric_value(
+        text, "cross_pictures_requests_total", route="/infer", method="POST", status="400"
+    ) == 1
+    assert metric_value(text, "cross_pictures_model_run_seconds_count") >= 3
+    assert metric_value(text, "cross_pictures_batch_size_count") >= 3
+    assert metric_value(text, "cross_pictures_queue_wait_seconds_count") >= 3
+    assert metric_value(text, "cross_pictures_image_pixels_sum") == 3 * 40 * 30
+    for name in (
+        "cross_pictures_request_duration_seconds_bucket",
+        "cross_pictures_requests_in_flight",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ):
+        assert name in text
+
+
+def test_unknown_paths_do_not_explode_label_cardinality(client: TestClient) -> None:
+    for i in range(5):
+        assert client.get(f"/no/such/{i}").status_code == 404
+    text = client.get("/metrics").text
+    assert 'route="unmatched"' in text
+    assert "/no/such/" not in text
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    given = client.get("/health", headers={"X-Request-ID": "abc-123.x"})
+    assert given.headers["x-request-id"] == "abc-123.x"
+    generated = client.get("/health").headers["x-request-id"]
+    assert len(generated) == 32
+    unsafe = client.get("/health", headers={"X-Request-ID": "x" * 500})
+    assert unsafe.headers["x-request-id"] != "x" * 500
+
+
+def test_error_bodies_carry_the_request_id(client: TestClient) -> None:
+    response = client.post(
+        "/infer", files={"image": ("a.jpg", b"")}, headers={"X-Request-ID": "req-42"}
+    )
+    assert response.status_code == 400
+    assert response.json()["request_id"] == "req-42"
+    assert response.headers["x-request-id"] == "req-42"
+
+
+def test_ready_is_200_after_warm_up_and_503_while_draining(client: TestClient) -> None:
+    assert client.get("/ready").json() == {"ready": True, "reason": None}
+    runtime: ServiceState = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.draining = True
+    try:
+        response = client.get("/ready")
+        assert response.status_code == 503
+        assert response.json()["reason"] == "shutting down"
+        infer = client.post("/infer", files={"image": ("a.png", image_bytes())})
+        assert infer.status_code == 503
+        assert infer.headers["retry-after"] == "1"
+        assert client.get("/health").status_code == 200  # alive, just not taking work
+    finally:
+        runtime.draining = False
+
+
+def test_warm_up_runs_every_batch_size_before_ready(settings: Settings) -> None:
+    fake = FakeClassifier()
+    with TestClient(create_app(settings, load_classifier=lambda _: fake)) as client:
+        assert fake.batch_sizes == list(range(1, settings.max_batch_size + 1))
+        assert client.get("/ready").status_code == 200
+
+
+def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
+    gate = threading.Event()
+
+    class Stuck(FakeClassifier):
+        def run(self, batch):  # type: ignore[no-untyped-def]
+            if len(self.batch_sizes) >= settings.max_batch_size:  # past warm-up
+                self.running.set()
+                gate.wait(10)
+            return super().run(batch)
+
+    settings.max_queue = 1
+    stuck = Stuck()
+    app = create_app(settings, load_classifier=lambda _: stuck)
+    with TestClient(app) as client:
+        results: list[int] = []
+
+        def post() -> None:
+            response = client.post("/infer", files={"image": ("a.png", image_bytes())})
+            results.append(response.status_code)
+
+        first = threading.Thread(target=post)
+        first.start()
+        assert stuck.running.wait(5)  # the model is busy
+        second = threading.Thread(target=post)
+        second.start()
+        runner = app.state.runtime.service.runner
+        for _ in range(500):
+            if runner.queue_depth == 1:
+                break
+            threading.Event().wait(0.01)
+        overloaded = client.post("/infer", files={"image": ("a.png", image_bytes())})
+        assert overloaded.status_code == 503
+        assert overloaded.headers["retry-after"] == "1"
+        assert "retry" in overloaded.json()["detail"]
+        gate.set()
+        first.join()
+        second.join()
+        assert results == [200, 200]
+        text = client.get("/metrics").text
+        assert metric_value(text, "cross_pictures_rejected_total", reason="overloaded") == 1
+
+
+def test_concurrent_uploads_are_bounded(settings: Settings) -> None:
+    settings.max_concurrent_uploads = 1
+    app = create_app(settings, load_classifier=lambda _: FakeClassifier())
+    with TestClient(app) as client:
+        app.state.upload_slots.busy = 1  # one upload is being received
+        response = client.post("/infer", files={"image": ("a.png", image_bytes())})
+        assert response.status_code == 503
+        assert "MAX_CONCURRENT_UPLOADS" in response.json()["detail"]
+        app.state.upload_slots.busy = 0
+        ok = client.post("/infer", files={"image": ("a.png", image_bytes())})
+        assert ok.status_code == 200
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_log(client: TestClient) -> Iterator[list[logging.LogRecord]]:
+    # The service's loggers do not propagate to the root (uvicorn owns it), so listen directly.
+    handler = Records()
+    logger = logging.getLogger("cross_pictures.access")
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_one_json_log_line_per_request_without_file_names(
+    client: TestClient, access_log: list[logging.LogRecord]
+) -> None:
+    client.post(
+        "/infer",
+        files={"image": ("secret-holiday.png", image_bytes(size=(40, 30)))},
+        headers={"X-Request-ID": "log-1"},
+    )
+    (record,) = access_log
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "log-1"
+    assert line["method"] == "POST" and line["path"] == "/infer" and line["status"] == 200
+    assert line["images"] == ["40x30"]
+    assert line["batch_size"] == 1
+    assert line["upload_bytes"] > 0
+    assert {"time", "duration_ms", "model_ms"} <= set(line)
+    assert "secret-holiday" not in json.dumps(line)
+    assert "request_id=log-1" in TextFormatter().format(record)
+
+
+def test_probes_are_not_logged_at_info(
+    client: TestClient, access_log: list[logging.LogRecord]
+) -> None:
+    client.get("/health")
+    client.get("/ready")
+    client.get("/nope")
+    assert [r.path for r in access_log] == ["/nope"]  # type: ignore[attr-defined]

@@ -1,0 +1,135 @@
+"""The real model on real photos: goldens, accuracy, draft decoding and concurrent answers."""
+
+from __future__ import annotations
+
+import io
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from cross_pictures.inference import OnnxClassifier, top_k
+from cross_pictures.preprocessing import prepare_image
+from tests.conftest import LABELS_PATH, PHOTOS, require_model, require_photos
+from tests.server import Server
+
+MAX_PIXELS = 50_000_000
+
+
+@pytest.fixture(scope="module")
+def classifier() -> OnnxClassifier:
+    return OnnxClassifier.from_files(require_model(), LABELS_PATH, threads=2)
+
+
+@pytest.fixture(scope="module")
+def goldens() -> list[dict[str, Any]]:
+    return require_photos()
+
+
+def classify(classifier: OnnxClassifier, data: bytes, k: int = 3) -> list[tuple[str, float]]:
+    tensor = prepare_image(data, max_pixels=MAX_PIXELS).tensor
+    (probabilities,) = classifier.run(tensor[np.newaxis])
+    return [(p.label, p.confidence) for p in top_k(probabilities, classifier.labels, k)]
+
+
+def test_golden_top3_and_accuracy_on_the_dev_photos(
+    classifier: OnnxClassifier, goldens: list[dict[str, Any]]
+) -> None:
+    # Batched like the service runs them; each row must still match its golden.
+    tensors = [
+        prepare_image((PHOTOS / g["file"]).read_bytes(), max_pixels=MAX_PIXELS).tensor
+        for g in goldens
+    ]
+    correct = 0
+    for start in range(0, len(goldens), 8):
+        probabilities = classifier.run(np.stack(tensors[start : start + 8]))
+        for golden, row in zip(goldens[start : start + 8], probabilities, strict=True):
+            best = top_k(row, classifier.labels, 3)
+            assert best[0].label == golden["top3"][0][0], golden["file"]
+            # Every golden class's probability, wherever it ranks ("crane" is two classes).
+            probability: dict[str, float] = {}
+            for index, label in enumerate(classifier.labels):
+                probability[label] = max(probability.get(label, 0.0), float(row[index]))
+            for label, confidence in golden["top3"]:
+                assert probability[label] == pytest.approx(confidence, abs=0.005), (
+                    golden["file"],
+                    label,
+                )
+            correct += best[0].label == golden["class_label"]
+    assert correct == 92
+
+
+def test_draft_decoding_of_big_jpegs_changes_no_top1(
+    classifier: OnnxClassifier, goldens: list[dict[str, Any]]
+) -> None:
+    # Phone-sized versions of the dev photos take the draft (DCT-scaled) path; the goldens
+    # were computed without it, so compare its top-1 with a plain decode of the same file.
+    changed = []
+    for golden in goldens[::5]:
+        photo = Image.open(PHOTOS / golden["file"]).convert("RGB")
+        scale = 1100 / min(photo.size)  # shorter side >= 1024: draft engages
+        big = photo.resize((round(photo.width * scale), round(photo.height * scale)))
+        buffer = io.BytesIO()
+        big.save(buffer, "JPEG", quality=92)
+        data = buffer.getvalue()
+        drafted = prepare_image(data, max_pixels=MAX_PIXELS, draft=True).tensor
+        plain = prepare_image(data, max_pixels=MAX_PIXELS, draft=False).tensor
+        assert not np.array_equal(drafted, plain)  # the draft path really ran
+        a, b = classifier.run(np.stack([drafted, plain]))
+        if int(a.argmax()) != int(b.argmax()):
+            changed.append(golden["file"])
+    assert changed == []
+
+
+def test_concurrent_requests_each_get_their_own_answer(
+    live_server: Server, goldens: list[dict[str, Any]]
+) -> None:
+    # Many distinct photos, shuffled, with bad uploads mixed in, fired concurrently: each
+    # answer must be the one its own image gets alone, and bad ones never spoil a batch.
+    photos = [(g["file"], (PHOTOS / g["file"]).read_bytes()) for g in goldens[:40]]
+    with httpx.Client(base_url=live_server.url, timeout=120) as client:
+        sequential = {
+            name: client.post("/infer", files={"image": (name, data)}).json()["predictions"]
+            for name, data in photos[:40]
+        }
+    bad = [(f"bad{i}", b"%PDF-1.4 not an image" if i % 2 else b"") for i in range(8)]
+    work = photos + bad
+    random.Random(7).shuffle(work)
+
+    def post(item: tuple[str, bytes]) -> tuple[str, int, Any]:
+        name, data = item
+        response = httpx.post(
+            live_server.url + "/infer", files={"image": (name, data)}, timeout=120
+        )
+        return name, response.status_code, response.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(post, work))
+    for name, status, body in results:
+        if name.startswith("bad"):
+            assert status in (400, 415), body
+            continue
+        assert status == 200, body
+        got = [(p["label"], p["confidence"]) for p in body["predictions"]]
+        want = [(p["label"], p["confidence"]) for p in sequential[name]]
+        assert [label for label, _ in got] == [label for label, _ in want], name
+        for (_, c1), (_, c2) in zip(got, want, strict=True):
+            assert c1 == pytest.approx(c2, abs=1e-4), name
+
+
+def test_batch_endpoint_on_the_real_model(
+    live_server: Server, goldens: list[dict[str, Any]]
+) -> None:
+    chosen = goldens[:3]
+    files = [("images", (g["file"], (PHOTOS / g["file"]).read_bytes())) for g in chosen]
+    files.insert(1, ("images", ("notes.jpg", b"just some text, not a photo")))
+    response = httpx.post(live_server.url + "/infer/batch", files=files, timeout=120)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[1]["error"]["status"] == 415
+    for golden, result in zip(chosen, [results[0], *results[2:]], strict=True):
+        assert result["predictions"][0]["label"] == golden["top3"][0][0]

@@ -1,0 +1,146 @@
+"""A real server process with the real model: SIGTERM draining and multi-worker metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import PHOTOS, require_model
+from tests.server import running_server
+from tests.test_operations import metric_value
+
+SERVE = [sys.executable, "-m", "cross_pictures.cli", "serve"]
+
+
+def photo_bytes(name: str = "n02391049_zebra.JPEG") -> bytes:
+    path = PHOTOS / name
+    if path.is_file():
+        return path.read_bytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (500, 375), "gray").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes, boundary: str = "cpboundary") -> tuple[bytes, bytes, dict[str, str]]:
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + data, tail, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
+    require_model()
+    env = {"SHUTDOWN_TIMEOUT_S": "30", "LOG_FORMAT": "json", "WORKERS": "1"}
+    with running_server(tmp_path / "server.log", env, command=SERVE) as server:
+        photo = photo_bytes()
+        release = threading.Event()
+        statuses: list[int] = []
+
+        def slow_upload() -> None:
+            # An upload that is still arriving when SIGTERM comes: it was accepted, so it
+            # must be answered, however long the client takes (within SHUTDOWN_TIMEOUT_S).
+            first, rest, headers = multipart(photo)
+
+            def body() -> Iterator[bytes]:
+                yield first[: len(first) // 2]
+                release.wait(20)
+                yield first[len(first) // 2 :]
+                yield rest
+
+            response = httpx.post(server.url + "/infer", content=body(), headers=headers,
+                                  timeout=60)
+            statuses.append(response.status_code)
+
+        def quick_request() -> None:
+            response = httpx.post(server.url + "/infer", files={"image": ("p.jpg", photo)},
+                                  timeout=60)
+            statuses.append(response.status_code)
+
+        uploader = threading.Thread(target=slow_upload)
+        uploader.start()
+        others = [threading.Thread(target=quick_request) for _ in range(8)]
+        for thread in others:
+            thread.start()
+        with httpx.Client(base_url=server.url, timeout=10) as probe:
+            for _ in range(200):  # wait until the server counts the slow upload in flight
+                text = probe.get("/metrics").text
+                if metric_value(text, "cross_pictures_requests_in_flight") >= 2:
+                    break
+            server.terminate()
+            for thread in others:
+                thread.join()
+            ready = probe.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["reason"] == "shutting down"
+            refused = probe.post("/infer", files={"image": ("p.jpg", photo)})
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert probe.get("/health").status_code == 200
+        release.set()
+        uploader.join()
+        assert statuses == [200] * 9, statuses
+        assert server.process.wait(30) == 0
+        assert "drained, shutting down" in server.log()
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
+    require_model()
+    env = {"WORKERS": "2", "NUM_THREADS": "1", "MAX_BATCH_SIZE": "2", "LOG_FORMAT": "json"}
+    with running_server(tmp_path / "server.log", env, command=SERVE) as server:
+        photo = photo_bytes()
+        # Fresh connections, so the kernel spreads them over both workers.
+        for _ in range(12):
+            response = httpx.post(server.url + "/infer", files={"image": ("p.jpg", photo)},
+                                  timeout=60)
+            assert response.status_code == 200
+        for _ in range(6):
+            text = httpx.get(server.url + "/metrics", timeout=10).text
+            total = metric_value(
+                text, "cross_pictures_requests_total", route="/infer", method="POST", status="200"
+            )
+            assert total == 12  # whichever worker answers, it reports the whole server
+        info = [line for line in text.splitlines() if line.startswith("cross_pictures_model_info")]
+        assert info and 'file="resnet50.onnx"' in info[0]
+        loaded = [line for line in server.log().splitlines() if '"model loaded"' in line]
+        assert len({json.loads(line)["pid"] for line in loaded}) == 2
+
+
+def test_bad_setting_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "cross_pictures.main:app", "--port", "1"],
+        env={"PATH": "/usr/bin:/bin", "TOP_K": "zero", "HOME": str(tmp_path)},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "TOP_K='zero'" in result.stderr
+
+
+def test_missing_model_stops_start_up_with_the_fix(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "cross_pictures.main:app", "--port", "1"],
+        env={"PATH": "/usr/bin:/bin", "MODEL_PATH": str(tmp_path / "nope.onnx")},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "run `cross-pictures fetch-model`" in result.stderr
