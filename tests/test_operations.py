@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
@@ -20,13 +21,10 @@ from tests.fakes import FakeClassifier
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 if absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        if sample == name or sample == f"{name}{{{wanted}}}":
-            return float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return 0.0
 
 
@@ -124,6 +122,7 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
             response = client.post("/infer", files={"image": ("a.png", image_bytes())})
             results.append(response.status_code)
 
+        stuck.running.clear()  # warm-up ran the model already
         first = threading.Thread(target=post)
         first.start()
         assert stuck.running.wait(5)  # the model is busy
@@ -134,6 +133,7 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
             if runner.queue_depth == 1:
                 break
             threading.Event().wait(0.01)
+        assert runner.queue_depth == 1
         overloaded = client.post("/infer", files={"image": ("a.png", image_bytes())})
         assert overloaded.status_code == 503
         assert overloaded.headers["retry-after"] == "1"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PHOTOS, require_model
-from tests.server import running_server
+from tests.server import Server, running_server
 from tests.test_operations import metric_value
 
 SERVE = [sys.executable, "-m", "cross_pictures.cli", "serve"]
@@ -144,3 +147,36 @@ def test_missing_model_stops_start_up_with_the_fix(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "run `cross-pictures fetch-model`" in result.stderr
+
+
+def test_oversized_streaming_upload_is_refused_before_it_ends(live_server: Server) -> None:
+    # A chunked upload with no Content-Length: the server must answer 413 once the limit is
+    # crossed, not after reading all of it (here 64 MiB against the 20 MiB default).
+    host, port = live_server.url.removeprefix("http://").split(":")
+    boundary = "cpboundary"
+    head = (
+        f"POST /infer HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    ).encode()
+    chunk = b"\xff" * (1 << 20)
+    sent_mib = 0
+    response = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        try:
+            for sent_mib in range(1, 65):
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed: exactly what we want
+        sock.settimeout(30)
+        with contextlib.suppress(ConnectionResetError):
+            response = sock.recv(65536)
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert b"MAX_UPLOAD_BYTES" in response
+    assert sent_mib < 64
