@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
         statuses: list[int] = []
 
         def slow_upload() -> None:
-            # An upload that is still arriving when SIGTERM comes: it was accepted, so it
-            # must be answered, however long the client takes (within SHUTDOWN_TIMEOUT_S).
+            # Uploads still arriving when SIGTERM comes were accepted, so they must be
+            # answered, however long the client takes (within SHUTDOWN_TIMEOUT_S).
             first, rest, headers = multipart(photo)
 
             def body() -> Iterator[bytes]:
@@ -62,28 +63,22 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
                 yield first[len(first) // 2 :]
                 yield rest
 
-            response = httpx.post(server.url + "/infer", content=body(), headers=headers,
-                                  timeout=60)
+            response = httpx.post(
+                server.url + "/infer", content=body(), headers=headers, timeout=60
+            )
             statuses.append(response.status_code)
 
-        def quick_request() -> None:
-            response = httpx.post(server.url + "/infer", files={"image": ("p.jpg", photo)},
-                                  timeout=60)
-            statuses.append(response.status_code)
-
-        uploader = threading.Thread(target=slow_upload)
-        uploader.start()
-        others = [threading.Thread(target=quick_request) for _ in range(8)]
-        for thread in others:
+        uploads = [threading.Thread(target=slow_upload) for _ in range(6)]
+        for thread in uploads:
             thread.start()
         with httpx.Client(base_url=server.url, timeout=10) as probe:
-            for _ in range(200):  # wait until the server counts the slow upload in flight
+            for _ in range(500):  # all six uploads (and this scrape) are in flight
                 text = probe.get("/metrics").text
-                if metric_value(text, "cross_pictures_requests_in_flight") >= 2:
+                if metric_value(text, "cross_pictures_requests_in_flight") >= 7:
                     break
+                time.sleep(0.02)
             server.terminate()
-            for thread in others:
-                thread.join()
+            time.sleep(0.2)
             ready = probe.get("/ready")
             assert ready.status_code == 503
             assert ready.json()["reason"] == "shutting down"
@@ -91,9 +86,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
             assert refused.status_code == 503
             assert refused.headers["retry-after"] == "1"
             assert probe.get("/health").status_code == 200
+        assert server.process.poll() is None  # still draining: the uploads are not done
         release.set()
-        uploader.join()
-        assert statuses == [200] * 9, statuses
+        for thread in uploads:
+            thread.join()
+        assert statuses == [200] * 6, statuses
         assert server.process.wait(30) == 0
         assert "drained, shutting down" in server.log()
 

@@ -50,7 +50,10 @@ class RequestObserver:
             return
         started = time.perf_counter()
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # A request that arrived before SIGTERM was accepted and will be answered in full.
+        state["arrived_while_draining"] = self.state.draining
         status = 500  # if the app dies before answering, that is what the client sees
         received = 0
 

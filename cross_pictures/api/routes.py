@@ -46,8 +46,10 @@ def get_upload_slots(request: Request) -> UploadSlots:
     return slots
 
 
-def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> ClassificationService:
-    if state.draining:
+def get_service(
+    request: Request, state: Annotated[ServiceState, Depends(get_state)]
+) -> ClassificationService:
+    if state.draining and getattr(request.state, "arrived_while_draining", True):
         raise ModelNotReady("the service is shutting down; retry on another instance")
     if state.service is None:
         raise ModelNotReady("the model is not loaded yet; retry in a few seconds")
