@@ -10,6 +10,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL := resources/resnet50.onnx
 INT8_MODEL := resources/resnet50.int8.onnx
+# The Dockerfile passes "--only main --compile": the image needs no test tools.
+POETRY_INSTALL_FLAGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
@@ -30,7 +32,7 @@ $(TOOLS)/poetry/bin/poetry:
 	$(TOOLS)/poetry/bin/pip install --quiet --disable-pip-version-check 'poetry>=2,<3'
 
 $(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
-	$(POETRY) install --no-interaction
+	$(POETRY) install --no-interaction $(POETRY_INSTALL_FLAGS)
 	@touch $@
 
 $(MODEL): | $(VENV)/.installed

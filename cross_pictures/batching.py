@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -57,10 +58,9 @@ def _resolve(future: asyncio.Future[RunResult], outcome: RunResult | BaseExcepti
 
 
 def _deliver(job: _Job, outcome: RunResult | BaseException) -> None:
-    try:
+    # RuntimeError: the caller's event loop has closed, so nobody is waiting.
+    with contextlib.suppress(RuntimeError):
         job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
-    except RuntimeError:  # the caller's event loop has closed: nobody is waiting
-        pass
 
 
 class ModelRunner:
@@ -189,7 +189,7 @@ class ModelRunner:
             return
         try:
             probabilities = self._classifier.run(np.stack([job.tensor for job in live]))
-        except Exception as exc:  # noqa: BLE001 - any model failure goes back to its callers
+        except Exception as exc:
             logger.exception("model run failed for a batch of %d", len(live))
             for job in live:
                 _deliver(job, exc)

@@ -96,7 +96,7 @@ def predict(args: argparse.Namespace) -> int:
             if "error" in result:
                 print(f"  error: {result['error']}")
                 continue
-            for p in result["predictions"]:  # type: ignore[attr-defined]
+            for p in result["predictions"]:
                 print(f"  {p['confidence']:7.2%}  {p['label']}")
     return 1 if failures else 0
 

@@ -38,7 +38,7 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
 
 
 def _cgroup_cpu_quota(root: Path) -> float | None:
-    """The CPU quota in CPUs from cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`, None if unlimited."""
+    """CPUs allowed by cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`; None if unlimited."""
     try:
         text = (root / "cpu.max").read_text().split()  # "max 100000" or "150000 100000"
         if text and text[0] != "max":
@@ -103,9 +103,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Largest accepted image, in pixels (width × height)."
     )
-    max_batch_size: int = Field(
-        8, ge=1, le=256, description="Most images the model runs together."
-    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most images the model runs together.")
     max_batch_delay_ms: float = Field(
         2.0,
         ge=0,

@@ -54,9 +54,9 @@ def install_sigterm_drain(state: ServiceState, *, timeout_s: float) -> Callable[
             return
         state.draining = True
         logger.info("SIGTERM received: draining", extra={"in_flight": state.in_flight})
-        loop.call_soon_threadsafe(lambda: state.background.add(loop.create_task(
-            drain_then_exit(signum)
-        )))
+        loop.call_soon_threadsafe(
+            lambda: state.background.add(loop.create_task(drain_then_exit(signum)))
+        )
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

@@ -76,7 +76,7 @@ class Classifier(Protocol):
 
 def softmax(logits: FloatArray) -> FloatArray:
     """Row-wise softmax, stable for large logits."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted: FloatArray = logits - logits.max(axis=-1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=-1, keepdims=True)
     return shifted

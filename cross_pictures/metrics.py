@@ -29,12 +29,34 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Milliseconds to seconds: one image is ~6 ms (int8) to ~20 ms (fp32); a queued request or a
 # 12 MP upload takes tens to hundreds of ms; anything past 10 s has hit REQUEST_TIMEOUT_S.
 LATENCY_BUCKETS = (
-    0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 PIXEL_BUCKETS = (
-    50_000, 200_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, 12_000_000,
-    24_000_000, 50_000_000,
+    50_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    4_000_000,
+    8_000_000,
+    12_000_000,
+    24_000_000,
+    50_000_000,
 )
 
 

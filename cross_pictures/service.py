@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import numpy as np
 import anyio.to_thread
+import numpy as np
 
 from cross_pictures.batching import ModelRunner
 from cross_pictures.errors import CrossPicturesError, InvalidImage
@@ -97,7 +97,6 @@ class ClassificationService:
         results = await asyncio.gather(*(self.runner.submit(row) for row in batch))
         stacked = np.stack([r.probabilities for r in results]).astype(np.float32, copy=False)
         return stacked, max((r.model_ms for r in results), default=0.0)
-
 
 
 @dataclass(slots=True)

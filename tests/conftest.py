@@ -42,7 +42,7 @@ def labels_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, labels_file: Path) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         model_path=tmp_path / "missing.onnx",
         labels_path=labels_file,
         num_threads=2,

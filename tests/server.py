@@ -55,8 +55,14 @@ def running_server(
     """Start `uvicorn cross_pictures.main:app` on a free port and wait until `wait_for` is 200."""
     port = free_port()
     argv = command or [
-        sys.executable, "-m", "uvicorn", "cross_pictures.main:app",
-        "--host", "127.0.0.1", "--port", str(port),
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "cross_pictures.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     argv = [part.replace("{port}", str(port)) for part in argv]
     full_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", **(env or {})}

@@ -168,8 +168,10 @@ def test_batch_mixes_good_and_bad_images(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["index"] for r in results] == [0, 1, 2, 3]
-    assert len(results[0]["predictions"]) == 2 and results[0]["error"] is None
-    assert results[1]["error"]["status"] == 415 and results[1]["predictions"] is None
+    assert len(results[0]["predictions"]) == 2
+    assert results[0]["error"] is None
+    assert results[1]["error"]["status"] == 415
+    assert results[1]["predictions"] is None
     assert results[2]["error"]["status"] == 400
     assert len(results[3]["predictions"]) == 2
     single = client.post("/infer?top_k=2", files={"image": ("a.png", image_bytes(color="red"))})
@@ -224,10 +226,9 @@ def test_missing_model_file_message_names_the_fix(tmp_path: Path, labels_file: P
     from cross_pictures.errors import ModelLoadError
 
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         model_path=tmp_path / "nope.onnx",
         labels_path=labels_file,
     )
-    with pytest.raises(ModelLoadError, match="MODEL_PATH=.*cross-pictures fetch-model"):
+    with pytest.raises(ModelLoadError, match=r"MODEL_PATH=.*cross-pictures fetch-model"):
         create_app(settings)
-

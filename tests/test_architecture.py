@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cross_pictures"
@@ -20,8 +21,7 @@ def imports_of(path: Path) -> set[str]:
 
 def modules() -> dict[str, set[str]]:
     return {
-        str(path.relative_to(PACKAGE)): imports_of(path)
-        for path in sorted(PACKAGE.rglob("*.py"))
+        str(path.relative_to(PACKAGE)): imports_of(path) for path in sorted(PACKAGE.rglob("*.py"))
     }
 
 
@@ -34,7 +34,7 @@ def test_nothing_below_the_api_imports_the_api_or_the_app() -> None:
 
 
 def test_libraries_stay_in_their_layer() -> None:
-    allowed = {
+    allowed: dict[str, Callable[[str], bool]] = {
         "fastapi": lambda n: n.startswith("api/") or n in ("app.py", "main.py"),
         "starlette": lambda n: n.startswith("api/"),
         "PIL": lambda n: n == "preprocessing.py",

@@ -110,7 +110,11 @@ def test_requests_past_their_deadline_never_reach_the_model() -> None:
     fake = GatedClassifier()
     stats: list[BatchStats] = []
     runner = ModelRunner(
-        fake, max_batch_size=8, max_batch_delay_s=0, max_queue=8, request_timeout_s=0.05,
+        fake,
+        max_batch_size=8,
+        max_batch_delay_s=0,
+        max_queue=8,
+        request_timeout_s=0.05,
         on_batch=stats.append,
     )
     runner.start()

@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["TOP_K", "TOP_k", "top_k"])
 def test_top_k_accepts_every_spelling(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "7")
-    assert Settings(_env_file=None).top_k == 7  # type: ignore[call-arg]
+    assert Settings(_env_file=None).top_k == 7
 
 
 def test_environment_wins_over_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("PORT=9001\nTOP_K=4\n")
     monkeypatch.setenv("PORT", "9002")
-    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    settings = Settings(_env_file=env_file)
     assert (settings.port, settings.top_k) == (9002, 4)
 
 
@@ -36,7 +36,7 @@ def test_bad_values_name_the_variable(
 ) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
     message = describe_validation_error(caught.value)
     assert f"{name}={value!r}" in message
     assert "\n" not in message
@@ -46,7 +46,7 @@ def test_threads_default_to_usable_cpus_split_between_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WORKERS", "2")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.threads == max(1, available_cpus() // 2)
 
 

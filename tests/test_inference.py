@@ -102,5 +102,5 @@ def test_not_an_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_empty_labels_file_is_a_clear_error(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m.onnx")
     (tmp_path / "l.txt").write_text("\n\n")
-    with pytest.raises(ModelLoadError, match="LABELS_PATH=.* is empty"):
+    with pytest.raises(ModelLoadError, match=r"LABELS_PATH=.* is empty"):
         OnnxClassifier.from_files(model, tmp_path / "l.txt", threads=1)

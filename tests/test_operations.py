@@ -33,12 +33,18 @@ def test_metrics_count_requests_batches_and_images(client: TestClient) -> None:
         client.post("/infer", files={"image": ("a.png", image_bytes(size=(40, 30)))})
     client.post("/infer", files={"image": ("a.jpg", b"")})
     text = client.get("/metrics").text
-    assert metric_value(
-        text, "cross_pictures_requests_total", route="/infer", method="POST", status="200"
-    ) == 3
-    assert metric_value(
-        text, "cross_pictures_requests_total", route="/infer", method="POST", status="400"
-    ) == 1
+    assert (
+        metric_value(
+            text, "cross_pictures_requests_total", route="/infer", method="POST", status="200"
+        )
+        == 3
+    )
+    assert (
+        metric_value(
+            text, "cross_pictures_requests_total", route="/infer", method="POST", status="400"
+        )
+        == 1
+    )
     assert metric_value(text, "cross_pictures_model_run_seconds_count") >= 3
     assert metric_value(text, "cross_pictures_batch_size_count") >= 3
     assert metric_value(text, "cross_pictures_queue_wait_seconds_count") >= 3
@@ -191,7 +197,7 @@ def test_one_json_log_line_per_request_without_file_names(
     (record,) = access_log
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "log-1"
-    assert line["method"] == "POST" and line["path"] == "/infer" and line["status"] == 200
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/infer", 200)
     assert line["images"] == ["40x30"]
     assert line["batch_size"] == 1
     assert line["upload_bytes"] > 0

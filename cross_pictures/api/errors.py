@@ -107,9 +107,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "Empty, corrupt or truncated image",
             {
                 "empty": {"value": _example("the uploaded file is empty (0 bytes)")},
-                "truncated": {
-                    "value": _example("the image data is truncated or corrupt: ...")
-                },
+                "truncated": {"value": _example("the image data is truncated or corrupt: ...")},
             },
         ),
         413: (

@@ -29,7 +29,7 @@ _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
-            candidate = value.decode("latin-1")
+            candidate = bytes(value).decode("latin-1")
             if _SAFE_REQUEST_ID.match(candidate):
                 return candidate
             break
