@@ -446,14 +446,12 @@ class WrkResult:
         return float(self.report["duration_us"]) / 1e6
 
 
-def run_wrk(
-    url: str, image: Path, concurrency: int, duration_s: float, limit_per_thread: int = 0
-) -> WrkResult:
-    """POST the image to url with wrk; limit_per_thread > 0 stops after that many responses."""
+def run_wrk(url: str, image: Path, concurrency: int, duration_s: float) -> WrkResult:
+    """POST the image to url with wrk for duration_s seconds."""
     threads = min(concurrency, 2)
     argv = ["wrk", f"-c{concurrency}", f"-t{threads}", f"-d{max(1, round(duration_s))}s"]
     argv += [f"--timeout={WRK_TIMEOUT}", f"--script={LUA_SCRIPT}", url]
-    argv += ["--", str(image), str(limit_per_thread)]
+    argv += ["--", str(image)]
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
@@ -468,6 +466,23 @@ def run_wrk(
     return WrkResult(
         json.loads(line.removeprefix("BENCH_JSON ")), usage.ru_utime + usage.ru_stime, wall
     )
+
+
+def run_wrk_requests(url: str, image: Path, concurrency: int, requests: int) -> list[WrkResult]:
+    """At least `requests` responses, in timed wrk rounds sized from the rate measured so far.
+
+    wrk has no request count: a thread that stops early still waits out -d, so "N requests"
+    is a sequence of timed runs.
+    """
+    rounds: list[WrkResult] = []
+    done, rate = 0, 0.0
+    while done < requests:
+        seconds = 2 if rate <= 0 else min(60, max(1, math.ceil((requests - done) / rate)))
+        result = run_wrk(url, image, concurrency, seconds)
+        rounds.append(result)
+        done += int(result.report["requests"])
+        rate = done / sum(r.duration_s for r in rounds)
+    return rounds
 
 
 def measure_load(
@@ -526,22 +541,22 @@ def measure_flatness(
     server: RunningServer, precision: str, image: Path, requests: int, warmup: int
 ) -> Flatness:
     """Warm up, then run `requests` requests at c=16 and compare RSS after warm-up with the end."""
-    threads = 2
-    per_thread = math.ceil(requests / threads)
-    cap_s = 3600
     log(f"memory run: {warmup} warm-up requests, then {requests} ({precision}, c=16)")
-    run_wrk(server.url + "/infer", image, TARGET_CONCURRENCY, cap_s, math.ceil(warmup / threads))
+    url = server.url + "/infer"
+    warmed = run_wrk_requests(url, image, TARGET_CONCURRENCY, warmup)
     with RssSampler(server.process.pid) as rss:
-        result = run_wrk(server.url + "/infer", image, TARGET_CONCURRENCY, cap_s, per_thread)
-    ok = int(result.report["requests"]) - result.errors
+        rounds = run_wrk_requests(url, image, TARGET_CONCURRENCY, requests)
+    done = sum(int(r.report["requests"]) for r in rounds)
+    errors = sum(r.errors for r in rounds)
+    duration_s = sum(r.duration_s for r in rounds)
     flat = Flatness(
         precision=precision,
         image=TARGET_IMAGE,
         concurrency=TARGET_CONCURRENCY,
-        warmup_requests=warmup,
-        requests=int(result.report["requests"]),
-        errors=result.errors,
-        images_per_s=ok / result.duration_s if result.duration_s else 0.0,
+        warmup_requests=sum(int(r.report["requests"]) for r in warmed),
+        requests=done,
+        errors=errors,
+        images_per_s=(done - errors) / duration_s if duration_s else 0.0,
         rss_mib_after_warmup=rss.start_mib,
         rss_mib_max=rss.max_mib,
         rss_mib_end=rss.end_mib,

@@ -1,9 +1,8 @@
 -- wrk script: POST one image file to /infer as multipart/form-data (field "image").
 --
---   wrk -c 16 -t 2 -d 10s -s bench/infer.lua http://127.0.0.1:8000/infer -- IMAGE [LIMIT]
+--   wrk -c 16 -t 2 -d 10s -s bench/infer.lua http://127.0.0.1:8000/infer -- IMAGE
 --
--- IMAGE is read once per wrk thread at start-up; LIMIT (optional) stops each thread after that
--- many responses (for "N requests" runs; -d is then only a cap). done() prints one line,
+-- IMAGE is read once per wrk thread at start-up. done() prints one line,
 -- "BENCH_JSON {...}", which bench/bench.py parses: requests, duration, errors (HTTP status >= 400
 -- counted in response(), plus socket errors and timeouts) and latency percentiles in microseconds.
 
@@ -16,10 +15,8 @@ end
 function init(args)
    local path = args[1]
    if path == nil then
-      error("usage: wrk ... -s infer.lua URL -- IMAGE [LIMIT]")
+      error("usage: wrk ... -s infer.lua URL -- IMAGE")
    end
-   limit = tonumber(args[2] or "0") or 0
-   responses = 0
    http_errors = 0
    statuses = {}
 
@@ -38,14 +35,10 @@ function init(args)
 end
 
 function response(status, headers, body)
-   responses = responses + 1
    if status >= 400 then
       http_errors = http_errors + 1
       local key = tostring(status)
       statuses[key] = (statuses[key] or 0) + 1
-   end
-   if limit > 0 and responses >= limit then
-      wrk.thread:stop()
    end
 end
 
