@@ -24,7 +24,7 @@ from cross_pictures.draining import install_sigterm_drain
 from cross_pictures.inference import Classifier, ModelInfo, OnnxClassifier
 from cross_pictures.logs import configure_logging
 from cross_pictures.metrics import Metrics, mark_process_dead
-from cross_pictures.preprocessing import INPUT_SIZE
+from cross_pictures.preprocessing import INPUT_SIZE, warm_up_jpeg
 from cross_pictures.service import ClassificationService, ServiceState
 
 logger = logging.getLogger("cross_pictures")
@@ -104,6 +104,8 @@ def create_app(
             decode_threads=settings.threads,
         )
         await anyio.to_thread.run_sync(warm_up, runner)
+        # The decode path too: its first call costs ~90 ms (Pillow's plugins, the pool thread).
+        await runtime.service.prepare(warm_up_jpeg())
         runner.start()
         runtime.warmed_up = True
         logger.info("ready", extra={"max_batch_size": runner.max_batch_size})

@@ -85,7 +85,7 @@ class ModelRunner:
         limit = classifier.max_batch_size
         self.max_batch_size = min(max_batch_size, limit) if limit else max_batch_size
         self._max_delay = max_batch_delay_s
-        self._max_queue = max_queue
+        self.max_queue = max_queue
         self._timeout = request_timeout_s
         self._on_batch = on_batch
         self._queue: deque[_Job] = deque()
@@ -130,7 +130,7 @@ class ModelRunner:
         with self._cond:
             if not self._accepting:
                 raise ModelNotReady("the service is not accepting work (starting or shutting down)")
-            if len(self._queue) >= self._max_queue:
+            if len(self._queue) >= self.max_queue:
                 raise Overloaded(
                     f"{len(self._queue)} images are already waiting for the model; retry shortly"
                 )

@@ -144,12 +144,15 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
         assert overloaded.status_code == 503
         assert overloaded.headers["retry-after"] == "1"
         assert "retry" in overloaded.json()["detail"]
+        # Refused before its upload is even read: a non-image gets the 503, not a 415.
+        unread = client.post("/infer", files={"image": ("a.txt", b"not an image")})
+        assert unread.status_code == 503
         gate.set()
         first.join()
         second.join()
         assert results == [200, 200]
         text = client.get("/metrics").text
-        assert metric_value(text, "cross_pictures_rejected_total", reason="overloaded") == 1
+        assert metric_value(text, "cross_pictures_rejected_total", reason="overloaded") == 2
 
 
 def test_concurrent_uploads_are_bounded(settings: Settings) -> None:

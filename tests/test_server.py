@@ -180,3 +180,28 @@ def test_oversized_streaming_upload_is_refused_before_it_ends(live_server: Serve
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert b"MAX_UPLOAD_BYTES" in response
     assert sent_mib < 64
+
+
+def test_client_that_hangs_up_mid_upload_is_logged_as_499(live_server: Server) -> None:
+    # A client gone mid-upload costs nothing more and is neither a 4xx of ours nor a 5xx.
+    host, port = live_server.url.removeprefix("http://").split(":")
+    labels = {"route": "/infer", "method": "POST", "status": "499"}
+    before = metric_value(
+        httpx.get(live_server.url + "/metrics").text, "cross_pictures_requests_total", **labels
+    )
+    body, _, headers = multipart(b"\xff\xd8" + b"\0" * 50_000, boundary="gone")
+    head = (
+        f"POST /infer HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: {headers['content-type']}\r\nContent-Length: {len(body) + 10_000}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)  # 10 kB short of what it announced, then hang up
+    hung_up = 0.0
+    for _ in range(100):
+        text = httpx.get(live_server.url + "/metrics").text
+        hung_up = metric_value(text, "cross_pictures_requests_total", **labels) - before
+        if hung_up:
+            break
+        time.sleep(0.05)
+    assert hung_up == 1
+    assert httpx.get(live_server.url + "/health").status_code == 200

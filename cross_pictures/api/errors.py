@@ -36,6 +36,8 @@ REJECTION_REASONS: dict[type[CrossPicturesError], str] = {
     DeadlineExceeded: "deadline",
 }
 RETRY_AFTER_SECONDS = "1"
+# What a client that hung up "gets" (logged and counted only): nginx's "client closed request".
+CLIENT_CLOSED_REQUEST = 499
 
 
 def status_for(error: CrossPicturesError) -> int:
@@ -83,8 +85,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, 422, exc.message)
 
     async def on_client_gone(request: Request, exc: Exception) -> JSONResponse:
-        # Nobody reads this answer; 400 keeps it out of the 5xx error budget.
-        return error_response(request, 400, "the client disconnected before the upload finished")
+        # Nobody reads this answer. 499 is nginx's "client closed request": it keeps the
+        # disconnect out of the 5xx error budget and apart from real bad requests in metrics.
+        return error_response(request, CLIENT_CLOSED_REQUEST, "the client disconnected")
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -53,6 +53,7 @@ def get_service(
         raise ModelNotReady("the service is shutting down; retry on another instance")
     if state.service is None:
         raise ModelNotReady("the model is not loaded yet; retry in a few seconds")
+    state.service.admit()
     return state.service
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from cross_pictures import __version__
-from cross_pictures.api.errors import RETRY_AFTER_SECONDS, status_for
+from cross_pictures.api.errors import CLIENT_CLOSED_REQUEST, RETRY_AFTER_SECONDS, status_for
 from cross_pictures.api.routes import get_settings, get_state, get_upload_slots
 from cross_pictures.api.uploads import ClientGone, UploadSlots, cancel_if_client_leaves
 from cross_pictures.api.v2_schemas import (
@@ -107,7 +107,7 @@ class V2Route(APIRoute):
             except RequestValidationError as exc:
                 return v2_error(400, _describe_errors(exc.errors()))
             except ClientGone:
-                return v2_error(400, "the client disconnected before the answer was ready")
+                return v2_error(CLIENT_CLOSED_REQUEST, "the client disconnected")
 
         return handle_v2
 
@@ -619,6 +619,7 @@ async def _infer(
 ) -> Response:
     _check_model(settings, name, version)
     service = _ready_service(state)
+    service.admit()
     with slots.take():
         body = await _read_body(request, body_limit(settings))
     header, binary = _split_header(request, body)
