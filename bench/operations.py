@@ -10,7 +10,7 @@ service's default) and measures, with a real 500×375 JPEG:
     each: throughput, how many requests were refused with 503, and the p50/p99 latency of the
     requests that were accepted, read from the service's own per-request log lines (wrk's
     percentiles mix the instant 503s in).
-Writes bench/out/operations.json and prints a markdown table.
+Writes bench/out/operations.json and operations.md and prints the markdown.
 """
 
 from __future__ import annotations
@@ -154,20 +154,26 @@ def main() -> int:
                 server.url, image, OVERLOAD_FACTOR * TARGET_CONCURRENCY, seconds, log_path, pid
             )
     normal, overload = results["normal"], results["overload"]
-    print(f"### Operations ({precision}, 500×375 JPEG, MAX_QUEUE={settings.max_queue})\n")
-    print(
+    lines = [
+        f"### Operations ({precision}, 500×375 JPEG, MAX_QUEUE={settings.max_queue})",
+        "",
         f"- first request after /ready: {results['first_request_ms']:.1f} ms; median of the "
-        f"next {STEADY_REQUESTS}: {results['steady_median_ms']:.1f} ms"
-    )
-    print(f"- resident memory at idle: {results['rss_idle_mib']:.0f} MiB\n")
-    print("| load | accepted/s | statuses | accepted p50 ms | accepted p99 ms | RSS max MiB |")
-    print("|---|---|---|---|---|---|")
-    for name, point in (("c=16", normal), (f"c=160 ({OVERLOAD_FACTOR}×)", overload)):
-        print(
+        f"next {STEADY_REQUESTS}: {results['steady_median_ms']:.1f} ms",
+        f"- resident memory at idle: {results['rss_idle_mib']:.0f} MiB",
+        "",
+        "| load (wrk connections) | accepted/s | responses by status | accepted p50 ms "
+        "| accepted p99 ms | RSS max MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, point in (("16", normal), (f"160 ({OVERLOAD_FACTOR}×)", overload)):
+        lines.append(
             f"| {name} | {point['accepted_per_s']:.1f} | {point['statuses']} | "
             f"{point['accepted_p50_ms']:.0f} | {point['accepted_p99_ms']:.0f} | "
             f"{point['rss_mib_max']:.0f} |"
         )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    (out_dir / "operations.md").write_text(report)
     (out_dir / "operations.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -20,4 +20,5 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 export BENCH_COMMAND="${BENCH_COMMAND:-make bench${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}}"
-exec .venv/bin/python -m bench.bench "$@"
+.venv/bin/python -m bench.bench "$@"
+.venv/bin/python -m bench.operations
