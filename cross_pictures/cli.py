@@ -181,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("quantize", help="make the int8 model (PRECISION=int8)")
     p.add_argument(
         "--calibration",
-        help="folder of calibration images (default: 48 generated images, fixed seed)",
+        help="folder of calibration photos (default: the 10 photos shipped in "
+        "cross_pictures/calibration, 7 views each)",
     )
     p.add_argument(
         "--eval",
-        help="folder of images to measure top-1 agreement on (default: the calibration images)",
+        help="folder of held-out images to measure top-1 agreement on (default: the "
+        "calibration views, in-sample)",
     )
     p.add_argument("--output", help="where to write (default: INT8_MODEL_PATH)")
     p.add_argument(
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.95,  # quantization.DEFAULT_MIN_AGREEMENT, not imported: it loads onnxruntime
         help="refuse to write a model whose top-1 agrees with fp32 on a smaller fraction of "
-        "the evaluation images (default: %(default)s)",
+        "the evaluation images fp32 is confident about (top-1 >= 50%%) (default: %(default)s)",
     )
     p.set_defaults(handler=quantize)
     return parser

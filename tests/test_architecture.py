@@ -37,7 +37,9 @@ def test_libraries_stay_in_their_layer() -> None:
     allowed: dict[str, Callable[[str], bool]] = {
         "fastapi": lambda n: n.startswith("api/") or n in ("app.py", "main.py"),
         "starlette": lambda n: n.startswith("api/"),
-        "PIL": lambda n: n == "preprocessing.py",
+        # The quantize tool makes calibration views (mirror, crops): an offline model tool,
+        # never on the request path, which decodes only through preprocessing.py.
+        "PIL": lambda n: n in ("preprocessing.py", "quantization.py"),
         "onnxruntime": lambda n: n in ("inference.py", "quantization.py", "model_build.py"),
     }
     for name, imported in modules().items():
