@@ -66,9 +66,12 @@ def describe_model(classifier: Classifier, settings: Settings, metrics: Metrics)
 
 
 def warm_up(runner: ModelRunner) -> None:
-    """Run every batch size the runner will use once, so no real request pays first-run costs."""
-    for size in range(1, runner.max_batch_size + 1):
-        runner.run_sync(np.zeros((size, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
+    """Run every batch size the runner will use once, wide and narrow, so no real request pays
+    first-run costs."""
+    for narrow in (False, True) if runner.lanes > 1 else (False,):
+        for size in range(1, runner.max_batch_size + 1):
+            batch = np.zeros((size, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+            runner.run_sync(batch, narrow=narrow)
 
 
 def create_app(
@@ -108,7 +111,7 @@ def create_app(
         await runtime.service.prepare(warm_up_jpeg())
         runner.start()
         runtime.warmed_up = True
-        logger.info("ready", extra={"max_batch_size": runner.max_batch_size})
+        logger.info("ready", extra={"max_batch_size": runner.max_batch_size, "lanes": runner.lanes})
         try:
             yield
         finally:

@@ -69,8 +69,18 @@ class Classifier(Protocol):
         """Largest batch run() accepts; 0 means no limit."""
         ...
 
-    def run(self, batch: FloatArray) -> FloatArray:
-        """Class probabilities [N, len(labels)] for a batch [N, 3, 224, 224]."""
+    @property
+    def lanes(self) -> int:
+        """How many narrow runs may go at once (one per core); 1 means runs are never narrow."""
+        ...
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        """Class probabilities [N, len(labels)] for a batch [N, 3, 224, 224].
+
+        Wide runs use every thread (best latency); a narrow run uses one thread, so `lanes` of
+        them run side by side without the thread synchronisation a wide run pays whenever
+        decoding takes a core from it (best throughput under load).
+        """
         ...
 
 
@@ -134,6 +144,8 @@ class OnnxClassifier:
         *,
         ends_in_softmax: bool,
         info: ModelInfo | None = None,
+        narrow_session: ort.InferenceSession | None = None,
+        lanes: int = 1,
     ) -> None:
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1:
@@ -151,6 +163,10 @@ class OnnxClassifier:
                 "use the labels file that belongs to this model"
             )
         self._session = session
+        # One intra-op thread, run from `lanes` threads at once (ONNX Runtime's Run is
+        # thread-safe); without it every run is wide.
+        self._narrow_session = narrow_session or session
+        self._lanes = lanes if narrow_session is not None else 1
         self._labels = list(labels)
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
@@ -178,13 +194,22 @@ class OnnxClassifier:
             session = ort.InferenceSession(
                 model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
             )
+            narrow = (
+                ort.InferenceSession(
+                    model_bytes, session_options(1), providers=["CPUExecutionProvider"]
+                )
+                if threads > 1
+                else None
+            )
             ends_in_softmax = _graph_ends_in_softmax(model_bytes, session.get_outputs()[0].name)
         except ORT_LOAD_ERRORS as exc:
             raise ModelLoadError(
                 f"MODEL_PATH={model_path} is not a usable ONNX model ({exc}); "
                 "rebuild it with `cross-pictures fetch-model`"
             ) from exc
-        classifier = cls(session, labels, ends_in_softmax=ends_in_softmax)
+        classifier = cls(
+            session, labels, ends_in_softmax=ends_in_softmax, narrow_session=narrow, lanes=threads
+        )
         classifier.info = ModelInfo(
             path=str(model_path),
             sha256=hashlib.sha256(model_bytes).hexdigest(),
@@ -207,14 +232,19 @@ class OnnxClassifier:
     def max_batch_size(self) -> int:
         return self._max_batch_size
 
-    def run(self, batch: FloatArray) -> FloatArray:
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
         """Class probabilities for a batch; softmax applied once, whatever the graph ends in."""
         if self._max_batch_size and len(batch) > self._max_batch_size:
             parts = [
-                self.run(batch[i : i + self._max_batch_size])
+                self.run(batch[i : i + self._max_batch_size], narrow=narrow)
                 for i in range(0, len(batch), self._max_batch_size)
             ]
             return np.concatenate(parts)
-        (output,) = self._session.run([self._output_name], {self._input_name: batch})
+        session = self._narrow_session if narrow else self._session
+        (output,) = session.run([self._output_name], {self._input_name: batch})
         scores = np.asarray(output, dtype=np.float32).reshape(len(batch), -1)
         return scores if self._ends_in_softmax else softmax(scores)

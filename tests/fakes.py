@@ -17,9 +17,16 @@ class FakeClassifier:
     """Scores each image by its mean colour, so different images get different answers."""
 
     def __init__(
-        self, labels: Sequence[str] = FAKE_LABELS, *, delay_s: float = 0.0, max_batch: int = 0
+        self,
+        labels: Sequence[str] = FAKE_LABELS,
+        *,
+        delay_s: float = 0.0,
+        max_batch: int = 0,
+        lanes: int = 1,
     ) -> None:
         self._labels = list(labels)
+        self._lanes = lanes
+        self.runs: list[tuple[int, bool]] = []  # (batch size, narrow) of every run
         self.delay_s = delay_s
         self._max_batch = max_batch
         self.batch_sizes: list[int] = []
@@ -33,8 +40,13 @@ class FakeClassifier:
     def max_batch_size(self) -> int:
         return self._max_batch
 
-    def run(self, batch: FloatArray) -> FloatArray:
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
         self.batch_sizes.append(len(batch))
+        self.runs.append((len(batch), narrow))
         self.running.set()
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -21,10 +21,10 @@ class GatedClassifier(FakeClassifier):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.gate = threading.Event()
 
-    def run(self, batch: FloatArray) -> FloatArray:
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
         self.running.set()
         assert self.gate.wait(10)
-        return super().run(batch)
+        return super().run(batch, narrow=narrow)
 
 
 def tensor(seed: int) -> FloatArray:
@@ -177,7 +177,7 @@ def test_stop_answers_everything_already_queued() -> None:
 
 def test_model_errors_go_to_the_callers_of_that_batch() -> None:
     class Broken(FakeClassifier):
-        def run(self, batch: FloatArray) -> FloatArray:
+        def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
             raise RuntimeError("boom")
 
     runner = make_runner(Broken())
@@ -204,3 +204,76 @@ def test_batches_respect_a_fixed_batch_model() -> None:
     asyncio.run(main())
     runner.stop(5)
     assert fake.batch_sizes == [1, 1, 1]
+
+
+def test_lone_requests_run_wide_with_every_thread() -> None:
+    fake = FakeClassifier(lanes=2)
+    runner = make_runner(fake)
+
+    async def main() -> None:
+        for i in range(3):  # one at a time: the queue is empty whenever a run starts
+            await runner.submit(tensor(i))
+
+    asyncio.run(main())
+    runner.stop(5)
+    assert fake.runs == [(1, False)] * 3
+
+
+class LaneRecorder(FakeClassifier):
+    """Records how many runs overlap, and whether a wide one ever overlaps another."""
+
+    def __init__(self, **kwargs: int) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+        self.active: list[bool] = []  # narrow flags of the runs in progress
+        self.most_at_once = 0
+        self.wide_overlapped = False
+        self.all_lanes_busy = threading.Event()
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        with self._lock:
+            self.active.append(narrow)
+            self.most_at_once = max(self.most_at_once, len(self.active))
+            if len(self.active) > 1 and not all(self.active):
+                self.wide_overlapped = True
+            if len(self.active) == self.lanes:
+                self.all_lanes_busy.set()
+        try:
+            assert self.gate.wait(10)
+            if narrow and not self.all_lanes_busy.is_set():
+                # The first narrow runs hold on until every lane has one: that they overlap
+                # is what is being tested. A runner that never overlaps fails after 2 s.
+                self.all_lanes_busy.wait(2)
+            return super().run(batch, narrow=narrow)
+        finally:
+            with self._lock:
+                self.active.remove(narrow)
+
+
+def test_a_backlog_runs_narrow_on_every_lane_and_never_overlaps_a_wide_run() -> None:
+    fake = LaneRecorder(lanes=2)
+    runner = make_runner(fake, max_batch_size=4)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(runner.submit(tensor(0)))  # alone: runs wide
+        await wait_until(lambda: len(fake.active) == 1)
+        rest = [asyncio.ensure_future(runner.submit(tensor(i))) for i in range(1, 17)]
+        await asyncio.sleep(0.05)  # the wide run holds both cores: nothing else may start
+        assert fake.active == [False]
+        fake.gate.set()
+        results = await asyncio.gather(first, *rest)
+        assert [int(r.probabilities.argmax()) for r in results] == [
+            int(fake.run(tensor(i)[np.newaxis])[0].argmax()) for i in range(17)
+        ]
+
+    asyncio.run(main())
+    runner.stop(5)
+    assert not fake.wide_overlapped
+    assert fake.most_at_once == 2
+    model_runs = fake.runs[:-17]  # the comparison above ran each image once more
+    assert model_runs[0] == (1, False)
+    assert sum(size for size, _ in model_runs) == 17
+    assert all(
+        narrow for _, narrow in model_runs[1:3]
+    )  # the backlog: two batches of 4 side by side

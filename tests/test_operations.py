@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
+from cross_pictures.inference import FloatArray
 from cross_pictures.logs import JsonFormatter, TextFormatter
 from cross_pictures.service import ServiceState
 from tests.conftest import image_bytes
@@ -112,11 +113,11 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
     gate = threading.Event()
 
     class Stuck(FakeClassifier):
-        def run(self, batch):  # type: ignore[no-untyped-def]
+        def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
             if len(self.batch_sizes) >= settings.max_batch_size:  # past warm-up
                 self.running.set()
                 gate.wait(10)
-            return super().run(batch)
+            return super().run(batch, narrow=narrow)
 
     settings.max_queue = 1
     stuck = Stuck()
