@@ -7,8 +7,8 @@ asserts none was attempted: what passes here works on an air-gapped network.
 from __future__ import annotations
 
 import base64
-import re
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
