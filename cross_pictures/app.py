@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from cross_pictures import __version__
+from cross_pictures.allocator import limit_malloc_arenas
 from cross_pictures.api.errors import install_error_handlers
 from cross_pictures.api.middleware import RequestObserver
 from cross_pictures.api.pages import router as pages_router
@@ -90,6 +91,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_sigterm = install_sigterm_drain(runtime, timeout_s=settings.shutdown_timeout_s)
+        limit_malloc_arenas()  # before the model's and the decoders' threads exist
         classifier = await anyio.to_thread.run_sync(loader, settings)
         describe_model(classifier, settings, metrics)
         runner = ModelRunner(
