@@ -19,13 +19,13 @@ export HOST PORT
 .PHONY: help install run test lint typecheck pytest quantize bench clean
 
 help:
-	@echo "make run       install, build the model, serve on http://$(HOST):$(PORT)"
-	@echo "make test      install, build the model, then ruff, mypy and pytest"
-	@echo "make install   install dependencies (Poetry, .venv) and build the model"
-	@echo "make quantize  build the int8 model ($(INT8_MODEL))"
+	@echo "make run       install, build the models, serve on http://$(HOST):$(PORT)"
+	@echo "make test      install, build the models, then ruff, mypy and pytest"
+	@echo "make install   install dependencies (Poetry, .venv) and build both models"
+	@echo "make quantize  build the int8 model ($(INT8_MODEL)) alone"
 	@echo "make bench     benchmark the service against raw ONNX Runtime and a naive server"
 
-install: $(VENV)/.installed $(MODEL)
+install: $(VENV)/.installed $(MODEL) $(INT8_MODEL)
 
 $(TOOLS)/poetry/bin/poetry:
 	@$(PYTHON) -m venv $(TOOLS)/poetry || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
@@ -38,10 +38,11 @@ $(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
 $(MODEL): | $(VENV)/.installed
 	$(BIN)/cross-pictures fetch-model --output $@
 
+# int8 is what the service serves by default (PRECISION); it is quantized from the fp32 model.
 $(INT8_MODEL): $(MODEL)
 	$(BIN)/cross-pictures quantize --output $@
 
-quantize: install $(INT8_MODEL)
+quantize: $(INT8_MODEL)
 
 run: install
 	$(BIN)/cross-pictures serve
@@ -59,7 +60,7 @@ pytest: install
 
 test: install lint typecheck pytest
 
-bench: install $(INT8_MODEL)
+bench: install
 	bench/run.sh
 
 clean:

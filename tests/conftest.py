@@ -16,13 +16,13 @@ from PIL import Image
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
 from tests.fakes import FAKE_LABELS, FakeClassifier
+from tests.images import PHOTOS
 from tests.server import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = ROOT / "resources" / "resnet50.onnx"
 INT8_MODEL_PATH = ROOT / "resources" / "resnet50.int8.onnx"
 LABELS_PATH = ROOT / "resources" / "imagenet_classes.txt"
-PHOTOS = ROOT.parent / "shared" / "photos" / "imagenet-dev"
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: Any = "red") -> bytes:
@@ -78,7 +78,10 @@ def require_photos() -> list[dict[str, Any]]:
     """The golden list of the shared dev photos, or a skip saying where they belong."""
     golden = PHOTOS / "golden.json"
     if not golden.is_file():
-        pytest.skip(f"{golden} is missing: the dev photos live in ../shared/photos")
+        pytest.skip(
+            f"{golden} is missing: the dev photos live in ../shared/photos "
+            "(or set CROSS_PICTURES_PHOTOS)"
+        )
     entries: list[dict[str, Any]] = json.loads(golden.read_text())
     return entries
 

@@ -27,7 +27,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.conftest import PHOTOS, ROOT
+from tests.conftest import ROOT
+from tests.images import PHOTOS
 from tests.server import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]

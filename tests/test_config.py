@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cross_pictures.config import Settings, available_cpus, describe_validation_error
+from cross_pictures.config import (
+    Precision,
+    Settings,
+    available_cpus,
+    describe_validation_error,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +30,25 @@ def test_environment_wins_over_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("PORT", "9002")
     settings = Settings(_env_file=env_file)
     assert (settings.port, settings.top_k) == (9002, 4)
+
+
+def test_int8_is_served_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PRECISION", "MODEL_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)
+    assert settings.precision is Precision.INT8
+    assert settings.active_model_path == settings.int8_model_path
+
+
+def test_a_model_path_alone_means_serve_that_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PRECISION", raising=False)
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "zoo.onnx"))
+    assert Settings(_env_file=None).active_model_path == tmp_path / "zoo.onnx"
+    # Unless PRECISION says otherwise, explicitly.
+    monkeypatch.setenv("PRECISION", "int8")
+    assert Settings(_env_file=None).precision is Precision.INT8
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,8 @@ from cross_pictures.quantization import (
     read_images,
     shipped_images,
 )
-from tests.conftest import INT8_MODEL_PATH, PHOTOS, require_model, require_photos
-from tests.images import encode, pattern, smooth_photo
+from tests.conftest import INT8_MODEL_PATH, require_model, require_photos
+from tests.images import PHOTOS, encode, pattern, smooth_photo
 
 MAX_PIXELS = 50_000_000
 # Two small photos (14 views) keep the tiny-graph tests fast; the tiny graph needs no more.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +15,10 @@ from PIL import Image
 
 from cross_pictures.inference import OnnxClassifier, top_k
 from cross_pictures.preprocessing import prepare_image
-from tests.conftest import LABELS_PATH, PHOTOS, require_model, require_photos
-from tests.server import Server
+from tests.conftest import INT8_MODEL_PATH, LABELS_PATH, require_model, require_photos
+from tests.images import PHOTOS
+from tests.server import Server, running_server
+from tests.test_operations import metric_value
 
 MAX_PIXELS = 50_000_000
 
@@ -107,8 +110,11 @@ def test_concurrent_requests_each_get_their_own_answer(
         )
         return name, response.status_code, response.json()
 
+    batched_before = batched_images(live_server)
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(post, work))
+    # Only the photos reached the model: a request that fails decoding never enters a batch.
+    assert batched_images(live_server) - batched_before == len(photos)
     for name, status, body in results:
         if name.startswith("bad"):
             assert status in (400, 415), body
@@ -119,6 +125,32 @@ def test_concurrent_requests_each_get_their_own_answer(
         assert [label for label, _ in got] == [label for label, _ in want], name
         for (_, c1), (_, c2) in zip(got, want, strict=True):
             assert c1 == pytest.approx(c2, abs=1e-4), name
+
+
+def batched_images(server: Server) -> float:
+    """Images the server's model has run so far (the batch-size histogram's sum)."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return metric_value(text, "cross_pictures_batch_size_sum")
+
+
+def test_default_int8_service_on_the_dev_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, goldens: list[dict[str, Any]]
+) -> None:
+    """What `make run` serves: a real uvicorn with default settings, so the int8 model."""
+    require_model(INT8_MODEL_PATH)
+    for name in ("PRECISION", "MODEL_PATH", "INT8_MODEL_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    with running_server(tmp_path / "server.log", {"LOG_LEVEL": "warning"}) as server:
+        info = httpx.get(server.url + "/metrics", timeout=10).text
+        assert 'precision="int8"' in info
+        correct = 0
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for golden in goldens:
+                data = (PHOTOS / golden["file"]).read_bytes()
+                response = client.post("/infer", files={"image": (golden["file"], data)})
+                assert response.status_code == 200, response.text
+                correct += response.json()["predictions"][0]["label"] == golden["class_label"]
+    assert correct >= 88, correct  # measured 90/100 (fp32: 92/100)
 
 
 def test_batch_endpoint_on_the_real_model(

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import PHOTOS, require_model
+from tests.conftest import INT8_MODEL_PATH, require_model
+from tests.images import PHOTOS
 from tests.server import Server, running_server
 from tests.test_operations import metric_value
 
@@ -45,7 +46,7 @@ def multipart(data: bytes, boundary: str = "cpboundary") -> tuple[bytes, bytes, 
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
-    require_model()
+    require_model(INT8_MODEL_PATH)  # the default precision
     env = {"SHUTDOWN_TIMEOUT_S": "30", "LOG_FORMAT": "json", "WORKERS": "1"}
     with running_server(tmp_path / "server.log", env, command=SERVE) as server:
         photo = photo_bytes()
@@ -72,14 +73,20 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
         for thread in uploads:
             thread.start()
         with httpx.Client(base_url=server.url, timeout=10) as probe:
-            for _ in range(500):  # all six uploads (and this scrape) are in flight
+            in_flight = 0.0
+            for _ in range(1500):  # all six uploads (and this scrape) are in flight
                 text = probe.get("/metrics").text
-                if metric_value(text, "cross_pictures_requests_in_flight") >= 7:
+                in_flight = metric_value(text, "cross_pictures_requests_in_flight")
+                if in_flight >= 7:
                     break
                 time.sleep(0.02)
+            assert in_flight >= 7, "the six slow uploads never reached the server"
             server.terminate()
-            time.sleep(0.2)
-            ready = probe.get("/ready")
+            for _ in range(500):  # the signal is handled on the event loop, moments later
+                ready = probe.get("/ready")
+                if ready.status_code == 503:
+                    break
+                time.sleep(0.01)
             assert ready.status_code == 503
             assert ready.json()["reason"] == "shutting down"
             refused = probe.post("/infer", files={"image": ("p.jpg", photo)})
@@ -97,7 +104,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
-    require_model()
+    require_model(INT8_MODEL_PATH)  # the default precision
     env = {"WORKERS": "2", "NUM_THREADS": "1", "MAX_BATCH_SIZE": "2", "LOG_FORMAT": "json"}
     with running_server(tmp_path / "server.log", env, command=SERVE) as server:
         photo = photo_bytes()
@@ -115,7 +122,8 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
             assert total == 12  # whichever worker answers, it reports the whole server
         info = [line for line in text.splitlines() if line.startswith("cross_pictures_model_info")]
         assert info
-        assert 'file="resnet50.onnx"' in info[0]
+        assert 'file="resnet50.int8.onnx"' in info[0]
+        assert 'precision="int8"' in info[0]
         loaded = [line for line in server.log().splitlines() if '"model loaded"' in line]
         assert len({json.loads(line)["pid"] for line in loaded}) == 2
 
@@ -148,6 +156,18 @@ def test_missing_model_stops_start_up_with_the_fix(tmp_path: Path) -> None:
     assert "run `cross-pictures fetch-model`" in result.stderr
 
 
+def _complete_http_response(response: bytes) -> bool:
+    """True once `response` holds a whole HTTP/1.1 response with a Content-Length body."""
+    head, found, body = response.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
 def test_oversized_streaming_upload_is_refused_before_it_ends(live_server: Server) -> None:
     # A chunked upload with no Content-Length: the server must answer 413 once the limit is
     # crossed, not after reading all of it (here 64 MiB against the 20 MiB default).
@@ -175,8 +195,10 @@ def test_oversized_streaming_upload_is_refused_before_it_ends(live_server: Serve
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed: exactly what we want
         sock.settimeout(30)
+        # The head and the body may arrive in separate segments: read to the end of the body.
         with contextlib.suppress(ConnectionResetError):
-            response = sock.recv(65536)
+            while not _complete_http_response(response) and (data := sock.recv(65536)):
+                response += data
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert b"MAX_UPLOAD_BYTES" in response
     assert sent_mib < 64

@@ -20,7 +20,8 @@ from tritonclient.utils import InferenceServerException
 from cross_pictures.config import Settings
 from cross_pictures.inference import load_labels
 from cross_pictures.preprocessing import prepare_image
-from tests.conftest import LABELS_PATH, PHOTOS, require_photos
+from tests.conftest import LABELS_PATH, require_photos
+from tests.images import PHOTOS
 from tests.server import Server
 
 MODEL = "resnet50"
