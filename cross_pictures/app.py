@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,7 @@ from cross_pictures.preprocessing import INPUT_SIZE, warm_up_jpeg
 from cross_pictures.service import ClassificationService, ServiceState
 
 logger = logging.getLogger("cross_pictures")
+LAST_BATCH_S = 2.0  # a full fp32 batch takes well under this on one slow core
 
 ClassifierLoader = Callable[[Settings], Classifier]
 
@@ -118,7 +120,12 @@ def create_app(
             yield
         finally:
             runtime.draining = True
-            await anyio.to_thread.run_sync(runner.stop, settings.shutdown_timeout_s)
+            # What is left of SIGTERM's budget (a little at least, for the last batch), or
+            # the whole budget when the shutdown did not start with SIGTERM.
+            budget = settings.shutdown_timeout_s
+            if runtime.shutdown_deadline is not None:
+                budget = max(LAST_BATCH_S, runtime.shutdown_deadline - time.monotonic())
+            await anyio.to_thread.run_sync(runner.stop, budget)
             runtime.service = None
             restore_sigterm()
             mark_process_dead(os.getpid())

@@ -224,9 +224,17 @@ class ModelRunner:
                 np.stack([job.tensor for job in live]), narrow=narrow
             )
         except Exception as exc:
-            logger.exception("model run failed for a batch of %d", len(live))
-            for job in live:
-                _deliver(job, exc)
+            if len(live) > 1:
+                # One image may have sunk the batch: run them alone, so the error reaches only
+                # the request that caused it and the others still get their answers.
+                logger.warning(
+                    "model run failed for a batch of %d (%s); retrying one by one", len(live), exc
+                )
+                for job in live:
+                    self._run([job], narrow=narrow)
+                return
+            logger.exception("model run failed for one image")
+            _deliver(live[0], exc)
             return
         model_s = time.perf_counter() - started
         for job, row in zip(live, probabilities, strict=True):

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from cross_pictures.config import Settings, check_files, describe_validation_error
 from cross_pictures.errors import CrossPicturesError, ModelLoadError
 
+UVICORN_GRACE_S = 2  # after the SIGTERM drain: long enough to close idle keep-alive connections
+
 
 def _settings() -> Settings:
     try:
@@ -46,7 +48,9 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=settings.workers,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        # The SIGTERM drain has already waited (up to SHUTDOWN_TIMEOUT_S) for accepted
+        # requests; uvicorn's own wait only covers connections still closing after it.
+        timeout_graceful_shutdown=UVICORN_GRACE_S,
         log_level=settings.log_level,
         access_log=False,  # the service logs one structured line per request itself
     )

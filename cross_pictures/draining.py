@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -39,8 +40,7 @@ def install_sigterm_drain(state: ServiceState, *, timeout_s: float) -> Callable[
     previous = signal.getsignal(signal.SIGTERM)
 
     async def drain_then_exit(signum: int) -> None:
-        deadline = loop.time() + timeout_s
-        while state.in_flight > 0 and loop.time() < deadline:
+        while state.in_flight > 0 and time.monotonic() < (state.shutdown_deadline or 0.0):
             await asyncio.sleep(POLL_SECONDS)
         logger.info(
             "drained, shutting down",
@@ -53,6 +53,9 @@ def install_sigterm_drain(state: ServiceState, *, timeout_s: float) -> Callable[
             _pass_on(previous, signum, frame)
             return
         state.draining = True
+        # One budget for the whole shutdown (drain, uvicorn, runner), so the process is gone
+        # within SHUTDOWN_TIMEOUT_S plus a moment, inside Kubernetes' grace period.
+        state.shutdown_deadline = time.monotonic() + timeout_s
         logger.info("SIGTERM received: draining", extra={"in_flight": state.in_flight})
         loop.call_soon_threadsafe(
             lambda: state.background.add(loop.create_task(drain_then_exit(signum)))

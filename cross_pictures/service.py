@@ -125,6 +125,8 @@ class ServiceState:
     service: ClassificationService | None = None
     warmed_up: bool = False
     draining: bool = False
+    # time.monotonic() by which the whole shutdown must be over (set by SIGTERM)
+    shutdown_deadline: float | None = None
     in_flight: int = 0  # HTTP requests being handled, kept by the request middleware
     # Strong references to fire-and-forget tasks, so the loop does not lose them.
     background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
+from cross_pictures.inference import FloatArray
 from tests.conftest import image_bytes
 from tests.fakes import FakeClassifier
 
@@ -202,11 +203,26 @@ def test_openapi_documents_every_status_with_examples(client: TestClient) -> Non
     assert "/infer/batch" in spec["paths"]
 
 
+class HeldClassifier(FakeClassifier):
+    """Once `hold` is set, each run waits until the test sets `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        if self.hold.is_set():
+            self.running.set()
+            assert self.release.wait(30)
+        return super().run(batch, narrow=narrow)
+
+
 def test_event_loop_stays_responsive_during_slow_inference(settings: Settings) -> None:
-    slow = FakeClassifier(delay_s=1.0)
-    app = create_app(settings, load_classifier=lambda _: slow)
+    held = HeldClassifier()
+    app = create_app(settings, load_classifier=lambda _: held)
     with TestClient(app) as client:
-        slow.running.clear()
+        held.hold.set()
         result: list[int] = []
         thread = threading.Thread(
             target=lambda: result.append(
@@ -214,12 +230,39 @@ def test_event_loop_stays_responsive_during_slow_inference(settings: Settings) -
             )
         )
         thread.start()
-        assert slow.running.wait(5)
-        # The model is busy for a second; health must answer while it is.
+        assert held.running.wait(10)
+        # The model is busy until released; health must answer meanwhile, not after it.
         assert client.get("/health").status_code == 200
-        assert thread.is_alive()  # proves health did not wait for the inference
+        assert not result  # the inference is still held
+        held.release.set()
         thread.join()
         assert result == [200]
+
+
+class BrokenClassifier(FakeClassifier):
+    """Loads and warms up, then fails every real run: a server bug, not a client error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        if self.broken:
+            raise RuntimeError("onnxruntime: something inside the model went wrong")
+        return super().run(batch, narrow=narrow)
+
+
+def test_a_server_bug_is_a_json_500_with_the_request_id(settings: Settings) -> None:
+    broken = BrokenClassifier()
+    app = create_app(settings, load_classifier=lambda _: broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        broken.broken = True
+        files = {"image": ("a.png", image_bytes())}
+        response = client.post("/infer", files=files, headers={"X-Request-ID": "bug-1"})
+    assert response.status_code == 500
+    assert response.json()["request_id"] == "bug-1"
+    assert "bug" in response.json()["detail"]
+    assert response.headers["x-request-id"] == "bug-1"
 
 
 def test_missing_model_file_message_names_the_fix(tmp_path: Path, labels_file: Path) -> None:

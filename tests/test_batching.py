@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from cross_pictures.batching import BatchStats, ModelRunner
+from cross_pictures.batching import BatchStats, ModelRunner, RunResult
 from cross_pictures.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from cross_pictures.inference import FloatArray
 from tests.fakes import FakeClassifier
@@ -277,3 +277,43 @@ def test_a_backlog_runs_narrow_on_every_lane_and_never_overlaps_a_wide_run() -> 
     assert all(
         narrow for _, narrow in model_runs[1:3]
     )  # the backlog: two batches of 4 side by side
+
+
+class PickyClassifier(GatedClassifier):
+    """Fails any run that contains an image whose every value is NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[int] = []  # batch sizes of every run, failed or not
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        self.attempts.append(len(batch))
+        if np.isnan(batch.reshape(len(batch), -1)).all(axis=1).any():
+            raise RuntimeError("the model cannot run a NaN image")
+        return super().run(batch, narrow=narrow)
+
+
+def test_a_failing_run_only_fails_the_image_that_caused_it() -> None:
+    fake = PickyClassifier()
+    runner = make_runner(fake)
+    tensors = [tensor(i) for i in range(5)]
+    poison = np.full((3, 224, 224), np.nan, dtype=np.float32)
+
+    async def main() -> list[object]:
+        first = asyncio.ensure_future(runner.submit(tensors[0]))
+        await wait_until(fake.running.is_set)  # the model is busy: the rest queue up together
+        rest = [asyncio.ensure_future(runner.submit(t)) for t in (*tensors[1:3], poison)]
+        rest += [asyncio.ensure_future(runner.submit(t)) for t in tensors[3:]]
+        await wait_until(lambda: runner.queue_depth == 5)
+        fake.gate.set()
+        return list(await asyncio.gather(first, *rest, return_exceptions=True))
+
+    results = asyncio.run(main())
+    runner.stop(5)
+    assert fake.attempts == [1, 5, 1, 1, 1, 1, 1]  # the batch, then alone
+    assert isinstance(results[3], RuntimeError)
+    expected = FakeClassifier().run(np.stack(tensors))
+    answered = [r for i, r in enumerate(results) if i != 3]
+    for want, got in zip(expected, answered, strict=True):
+        assert isinstance(got, RunResult), got
+        np.testing.assert_allclose(got.probabilities, want, rtol=1e-6)

@@ -25,6 +25,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from cross_pictures.app import create_app
+from cross_pictures.cli import UVICORN_GRACE_S
 from cross_pictures.config import Settings
 from tests.fakes import FakeClassifier
 
@@ -251,9 +252,16 @@ def test_selectors_match_the_pod_labels() -> None:
         assert selector.items() <= labels.items()
 
 
-def test_grace_period_outlasts_the_shutdown_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grace_period_outlasts_pre_stop_and_the_shutdown_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = container_settings(monkeypatch)
-    assert pod_spec()["terminationGracePeriodSeconds"] > settings.shutdown_timeout_s
+    pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # The kubelet's clock starts before preStop; the process then needs SHUTDOWN_TIMEOUT_S to
+    # drain plus uvicorn's grace for idle connections, inside the grace period.
+    needed = float(pre_stop[1]) + settings.shutdown_timeout_s + UVICORN_GRACE_S
+    assert pod_spec()["terminationGracePeriodSeconds"] > needed
 
 
 def test_cpu_matches_threads_times_workers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,6 +103,41 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_shutdown_is_bounded_by_shutdown_timeout_even_if_a_client_never_finishes(
+    tmp_path: Path,
+) -> None:
+    # An upload that stalls forever must not keep the pod alive past its grace period: the
+    # drain gives up at SHUTDOWN_TIMEOUT_S, uvicorn and the model runner get only the rest.
+    require_model(INT8_MODEL_PATH)
+    env = {"SHUTDOWN_TIMEOUT_S": "2", "LOG_FORMAT": "json"}
+    with running_server(tmp_path / "server.log", env, command=SERVE) as server:
+        first, _, headers = multipart(photo_bytes())
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as stalled:
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            stalled.sendall(
+                f"POST /infer HTTP/1.1\r\nHost: {host}\r\n{head}"
+                f"Content-Length: {len(first) + 1000}\r\n\r\n".encode()
+                + first[:1000]
+            )
+            with httpx.Client(base_url=server.url, timeout=10) as probe:
+                in_flight = 0.0
+                for _ in range(500):
+                    in_flight = metric_value(
+                        probe.get("/metrics").text, "cross_pictures_requests_in_flight"
+                    )
+                    if in_flight >= 2:  # the stalled upload and this scrape
+                        break
+                    time.sleep(0.02)
+                assert in_flight >= 2
+            server.terminate()
+            # 2 s of drain + 2 s of uvicorn grace + the runner: well inside this hang guard.
+            assert server.process.wait(30) == 0
+    log = server.log()
+    assert '"unfinished_requests": 1' in log
+
+
+@pytest.mark.slow
 def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
     require_model(INT8_MODEL_PATH)  # the default precision
     env = {"WORKERS": "2", "NUM_THREADS": "1", "MAX_BATCH_SIZE": "2", "LOG_FORMAT": "json"}

@@ -93,7 +93,22 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(request, 422, _describe_validation(exc))
 
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this answer; the client gets JSON with the id to
+        # quote (this handler runs outside the request-id middleware, so the header is set here).
+        response = error_response(
+            request,
+            500,
+            "the server failed on this request (a bug, not your input); it is logged under "
+            "this request id",
+        )
+        request_id = request_id_of(request)
+        if request_id is not None:
+            response.headers["X-Request-ID"] = request_id
+        return response
+
     app.add_exception_handler(CrossPicturesError, on_domain_error)
+    app.add_exception_handler(Exception, on_bug)
     app.add_exception_handler(MalformedRequest, on_malformed)
     app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(RequestValidationError, on_validation)
