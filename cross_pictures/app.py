@@ -141,7 +141,9 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = UploadSlots(
+        settings.max_concurrent_uploads, settings.max_upload_memory_bytes
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(v2_router)

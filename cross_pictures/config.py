@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         64, ge=1, description="Request bodies read at once; bounds memory under a flood."
     )
+    max_upload_memory_bytes: int = Field(
+        256 * MIB,
+        ge=1024,
+        description="Bytes all request bodies being received may hold together; past it 503.",
+    )
     request_timeout_s: float = Field(
         10.0, gt=0, description="A request that waited longer is dropped before the model (504)."
     )
@@ -142,6 +147,17 @@ class Settings(BaseSettings):
         # quietly serving the int8 build of the default model instead would be a trap.
         if "model_path" in self.model_fields_set and "precision" not in self.model_fields_set:
             self.precision = Precision.FP32
+        return self
+
+    @model_validator(mode="after")
+    def _one_upload_fits_the_memory_budget(self) -> Settings:
+        # Room for one largest image plus the multipart framing around it.
+        needed = self.max_upload_bytes + 64 * 1024
+        if self.max_upload_memory_bytes < needed:
+            raise ValueError(
+                f"MAX_UPLOAD_MEMORY_BYTES={self.max_upload_memory_bytes} cannot hold even one "
+                f"upload of MAX_UPLOAD_BYTES={self.max_upload_bytes}: raise it to at least {needed}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -166,7 +182,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad variable, naming it as the user spells it in the environment."""
     parts = []
     for error in exc.errors():
-        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        if not error["loc"]:  # a check across variables: its message names them
+            parts.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(error["loc"][0]).upper()
         parts.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return "invalid configuration: " + "; ".join(parts)
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from cross_pictures.app import create_app
-from cross_pictures.config import Settings
+from cross_pictures.config import Settings, describe_validation_error
 from cross_pictures.inference import FloatArray
 from cross_pictures.logs import JsonFormatter, TextFormatter
 from cross_pictures.service import ServiceState
@@ -167,6 +168,37 @@ def test_concurrent_uploads_are_bounded(settings: Settings) -> None:
         app.state.upload_slots.busy = 0
         ok = client.post("/infer", files={"image": ("a.png", image_bytes())})
         assert ok.status_code == 200
+
+
+def test_bytes_of_uploads_being_received_are_bounded(settings: Settings) -> None:
+    settings.max_upload_memory_bytes = settings.max_upload_bytes + 100_000
+    app = create_app(settings, load_classifier=lambda _: FakeClassifier())
+    photo = ("a.png", image_bytes(size=(200, 200)))
+    with TestClient(app) as client:
+        slots = app.state.upload_slots
+        slots.bytes = settings.max_upload_memory_bytes - 10  # big uploads are arriving
+        busy = client.post("/infer", files={"image": photo})
+        assert busy.status_code == 503
+        assert "MAX_UPLOAD_MEMORY_BYTES" in busy.json()["detail"]
+        assert busy.headers["retry-after"] == "1"
+        slots.bytes = 0
+        assert client.post("/infer", files={"image": photo}).status_code == 200
+        assert slots.bytes == 0  # released once read
+        # A body that could never fit is 413 (retrying cannot help), not 503.
+        parts = [("images", (f"{i}.jpg", b"\xff" * 150_000)) for i in range(4)]
+        too_big = client.post("/infer/batch", files=parts)
+        assert too_big.status_code == 413
+        assert "MAX_UPLOAD_MEMORY_BYTES" in too_big.json()["detail"]
+
+
+def test_memory_budget_must_hold_one_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_UPLOAD_BYTES", "1000000")
+    monkeypatch.setenv("MAX_UPLOAD_MEMORY_BYTES", "500000")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    message = describe_validation_error(caught.value)
+    assert message.startswith("invalid configuration: MAX_UPLOAD_MEMORY_BYTES=500000")
+    assert "raise it to at least" in message
 
 
 class Records(logging.Handler):

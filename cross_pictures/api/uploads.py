@@ -30,15 +30,18 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 class UploadSlots:
-    """Bounds how many request bodies are read at once, so a flood of big uploads cannot
-    exhaust memory: past the limit a request is refused (503) before its body is read."""
+    """Bounds the request bodies being read at once, in number and in bytes, so a flood of big
+    uploads cannot exhaust memory: past either limit a request is refused (503), before its
+    body is read when it declares its length. Used from the event loop only, so no lock."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         self.busy = 0
+        self.bytes = 0  # reserved by the bodies being read
 
     @contextmanager
-    def take(self) -> Iterator[None]:
+    def take(self) -> Iterator[Reservation]:
         """Hold one slot while reading a body; Overloaded if none is free."""
         if self.busy >= self.limit:
             raise Overloaded(
@@ -46,10 +49,39 @@ class UploadSlots:
                 f"(MAX_CONCURRENT_UPLOADS={self.limit}); retry shortly"
             )
         self.busy += 1
+        reservation = Reservation(self)
         try:
-            yield
+            yield reservation
         finally:
             self.busy -= 1
+            self.bytes -= reservation.bytes
+
+
+class Reservation:
+    """The share of MAX_UPLOAD_MEMORY_BYTES one body being read holds."""
+
+    def __init__(self, slots: UploadSlots) -> None:
+        self._slots = slots
+        self.bytes = 0
+
+    def cover(self, size: int) -> None:
+        """Grow the reservation to `size` bytes (what is declared or already received)."""
+        extra = size - self.bytes
+        if extra <= 0:
+            return
+        budget = self._slots.max_bytes
+        if size > budget:
+            raise UploadTooLarge(
+                f"the request body is {size} bytes, more than MAX_UPLOAD_MEMORY_BYTES={budget} "
+                "that all uploads being received may hold; send fewer or smaller images"
+            )
+        if self._slots.bytes + extra > budget:
+            raise Overloaded(
+                f"uploads being received already hold {self._slots.bytes} of "
+                f"MAX_UPLOAD_MEMORY_BYTES={budget} bytes; retry shortly"
+            )
+        self.bytes = size
+        self._slots.bytes += extra
 
 
 class MalformedRequest(Exception):
@@ -138,14 +170,18 @@ async def read_image_parts(
     request: Request, *, field: str, max_part_bytes: int, max_parts: int, slots: UploadSlots
 ) -> list[bytes]:
     """The contents of every multipart part named `field`, each at most `max_part_bytes`."""
-    with slots.take():
+    with slots.take() as reservation:
         return await _read_image_parts(
-            request, field=field, max_part_bytes=max_part_bytes, max_parts=max_parts
+            request,
+            field=field,
+            max_part_bytes=max_part_bytes,
+            max_parts=max_parts,
+            reservation=reservation,
         )
 
 
 async def _read_image_parts(
-    request: Request, *, field: str, max_part_bytes: int, max_parts: int
+    request: Request, *, field: str, max_part_bytes: int, max_parts: int, reservation: Reservation
 ) -> list[bytes]:
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -163,6 +199,8 @@ async def _read_image_parts(
             f"the request body is {int(declared)} bytes, more than the "
             f"{max_part_bytes}-byte limit per image (MAX_UPLOAD_BYTES); send a smaller file"
         )
+    if declared.isdigit():
+        reservation.cover(int(declared))  # refuse now rather than halfway through the body
     collector = _ImagePartCollector(field, max_part_bytes, max_parts)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
@@ -174,6 +212,7 @@ async def _read_image_parts(
                     f"the request body is larger than {body_limit} bytes; "
                     f"each image may have at most MAX_UPLOAD_BYTES={max_part_bytes} bytes"
                 )
+            reservation.cover(received)
             parser.write(chunk)
         parser.finalize()
     except ClientDisconnect as exc:

@@ -26,7 +26,12 @@ from starlette.requests import ClientDisconnect
 from cross_pictures import __version__
 from cross_pictures.api.errors import CLIENT_CLOSED_REQUEST, RETRY_AFTER_SECONDS, status_for
 from cross_pictures.api.routes import get_settings, get_state, get_upload_slots
-from cross_pictures.api.uploads import ClientGone, UploadSlots, cancel_if_client_leaves
+from cross_pictures.api.uploads import (
+    ClientGone,
+    Reservation,
+    UploadSlots,
+    cancel_if_client_leaves,
+)
 from cross_pictures.api.v2_schemas import (
     ErrorBody,
     InferenceRequest,
@@ -248,16 +253,19 @@ def _too_large(limit: int) -> ProtocolError:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
+async def _read_body(request: Request, limit: int, reservation: Reservation) -> bytearray:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)  # refuse before reading a byte we would throw away
+    if declared.isdigit():
+        reservation.cover(int(declared))
     body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:  # chunked bodies declare no length up front
                 raise _too_large(limit)
+            reservation.cover(len(body))
     except ClientDisconnect as exc:
         raise ClientGone from exc
     return _decompress(body, request.headers.get("content-encoding", ""), limit)
@@ -620,8 +628,8 @@ async def _infer(
     _check_model(settings, name, version)
     service = _ready_service(state)
     service.admit()
-    with slots.take():
-        body = await _read_body(request, body_limit(settings))
+    with slots.take() as reservation:
+        body = await _read_body(request, body_limit(settings), reservation)
     header, binary = _split_header(request, body)
     infer = _parse_request(header)
     tensor = _the_input(infer)
