@@ -23,6 +23,7 @@ from cross_pictures.api.v2 import router as v2_router
 from cross_pictures.batching import ModelRunner
 from cross_pictures.config import Settings, check_files
 from cross_pictures.draining import install_sigterm_drain
+from cross_pictures.errors import ModelLoadError
 from cross_pictures.inference import Classifier, ModelInfo, OnnxClassifier
 from cross_pictures.logs import configure_logging
 from cross_pictures.metrics import Metrics, mark_process_dead
@@ -68,13 +69,20 @@ def describe_model(classifier: Classifier, settings: Settings, metrics: Metrics)
     )
 
 
-def warm_up(runner: ModelRunner) -> None:
+def warm_up(runner: ModelRunner, labels: int) -> None:
     """Run every batch size the runner will use once, wide and narrow, so no real request pays
-    first-run costs."""
+    first-run costs; and check the output really has one score per label (a model whose output
+    width is symbolic could not be checked when it loaded)."""
     for narrow in (False, True) if runner.lanes > 1 else (False,):
         for size in range(1, runner.max_batch_size + 1):
             batch = np.zeros((size, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-            runner.run_sync(batch, narrow=narrow)
+            scores = runner.run_sync(batch, narrow=narrow)
+            if scores.shape != (size, labels):
+                raise ModelLoadError(
+                    f"the model answered a batch of {size} with shape {list(scores.shape)}, not "
+                    f"[{size}, {labels}] (one score per line of LABELS_PATH): use the labels "
+                    "file that belongs to this model"
+                )
 
 
 def create_app(
@@ -110,7 +118,7 @@ def create_app(
             max_image_pixels=settings.max_image_pixels,
             decode_threads=settings.threads,
         )
-        await anyio.to_thread.run_sync(warm_up, runner)
+        await anyio.to_thread.run_sync(warm_up, runner, len(classifier.labels))
         # The decode path too: its first call costs ~90 ms (Pillow's plugins, the pool thread).
         await runtime.service.prepare(warm_up_jpeg())
         runner.start()

@@ -19,6 +19,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from cross_pictures.errors import ModelLoadError
 
 FloatArray = npt.NDArray[np.float32]
+# The side of the square images preprocessing produces (preprocessing.INPUT_SIZE; inference
+# does not import preprocessing, so the number is repeated and a test checks they agree).
+INPUT_SIDE = 224
 
 # onnxruntime's pybind errors derive from Exception directly, so they are named one by one.
 ORT_LOAD_ERRORS: tuple[type[Exception], ...] = (
@@ -155,6 +158,12 @@ class OnnxClassifier:
             raise ModelLoadError(
                 f"the model input {inputs[0].name!r} is {inputs[0].type} {list(shape)}; "
                 "an NCHW float input [N, 3, H, W] is needed"
+            )
+        if any(isinstance(side, int) and side != INPUT_SIDE for side in shape[2:]):
+            raise ModelLoadError(
+                f"the model input {inputs[0].name!r} is {list(shape)}; images are prepared as "
+                f"{INPUT_SIDE}x{INPUT_SIDE}, so the model must take [N, 3, {INPUT_SIDE}, "
+                f"{INPUT_SIDE}]"
             )
         width = outputs[0].shape[-1]
         if isinstance(width, int) and width != len(labels):

@@ -7,18 +7,29 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
+from cross_pictures.app import create_app
+from cross_pictures.config import Settings
 from cross_pictures.errors import ModelLoadError
-from cross_pictures.inference import OnnxClassifier, softmax, top_k
+from cross_pictures.inference import FloatArray, OnnxClassifier, softmax, top_k
+from tests.fakes import FakeClassifier
 
 
 def tiny_model(
-    path: Path, *, classes: int = 4, batch: int | str = "N", end_in_softmax: bool = False
+    path: Path,
+    *,
+    classes: int | str = 4,
+    batch: int | str = "N",
+    end_in_softmax: bool = False,
+    side: int | str = "S",
 ) -> Path:
-    """[B,3,8,8] -> global average pool -> linear -> [B, classes] (optionally softmaxed)."""
+    """[B,3,S,S] -> global average pool -> linear -> [B, classes] (optionally softmaxed).
+
+    The weights always have 4 columns; `classes` is only what the graph *declares*."""
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.normal(size=(3, classes)).astype(np.float32), "w")
+    weight = numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")
     nodes = [
         helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"]),
@@ -29,7 +40,7 @@ def tiny_model(
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, side, side])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, classes])],
         [weight],
     )
@@ -104,3 +115,30 @@ def test_empty_labels_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "l.txt").write_text("\n\n")
     with pytest.raises(ModelLoadError, match=r"LABELS_PATH=.* is empty"):
         OnnxClassifier.from_files(model, tmp_path / "l.txt", threads=1)
+
+
+def test_model_for_another_image_size_is_a_clear_error(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m.onnx", side=299)
+    with pytest.raises(ModelLoadError, match=r"must take \[N, 3, 224, 224\]"):
+        OnnxClassifier.from_files(model, labels(tmp_path / "l.txt", 4), threads=1)
+
+
+class UndeclaredWidth(FakeClassifier):
+    """A model whose graph leaves the output width symbolic: it really gives one extra score."""
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        scores = super().run(batch, narrow=narrow)
+        return np.concatenate([scores, scores[:, :1]], axis=1)
+
+
+def test_output_width_is_checked_against_the_labels_at_warm_up(settings: Settings) -> None:
+    app = create_app(settings, load_classifier=lambda _: UndeclaredWidth())
+    with (
+        pytest.raises(ModelLoadError, match=r"shape \[1, 11\], not \[1, 10\]"),
+        TestClient(app),
+    ):
+        pass
+
+
+def test_inference_and_preprocessing_agree_on_the_image_size() -> None:
+    assert INPUT_SIDE == INPUT_SIZE
