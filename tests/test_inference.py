@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
 from cross_pictures.errors import ModelLoadError
-from cross_pictures.inference import FloatArray, OnnxClassifier, softmax, top_k
+from cross_pictures.inference import INPUT_SIDE, FloatArray, OnnxClassifier, softmax, top_k
+from cross_pictures.preprocessing import INPUT_SIZE
 from tests.fakes import FakeClassifier
 
 
