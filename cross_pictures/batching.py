@@ -45,6 +45,7 @@ class _Job:
     tensor: FloatArray
     future: asyncio.Future[RunResult]
     loop: asyncio.AbstractEventLoop
+    waiting_since: float  # perf_counter() when the request started waiting (the deadline's start)
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -137,10 +138,14 @@ class ModelRunner:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    async def submit(self, tensor: FloatArray) -> RunResult:
-        """Queue one preprocessed image and wait for its probabilities."""
+    async def submit(self, tensor: FloatArray, *, waiting_since: float | None = None) -> RunResult:
+        """Queue one preprocessed image and wait for its probabilities.
+
+        `waiting_since` (a perf_counter() time) starts the REQUEST_TIMEOUT_S clock earlier than
+        now, e.g. when the image began waiting for a decoder."""
         loop = asyncio.get_running_loop()
-        job = _Job(tensor, loop.create_future(), loop)
+        now = time.perf_counter()
+        job = _Job(tensor, loop.create_future(), loop, min(now, waiting_since or now), now)
         with self._cond:
             if not self._accepting:
                 raise ModelNotReady("the service is not accepting work (starting or shutting down)")
@@ -204,20 +209,26 @@ class ModelRunner:
     def _run(self, batch: list[_Job], *, narrow: bool) -> None:
         started = time.perf_counter()
         live: list[_Job] = []
+        expired = 0
         for job in batch:
             if job.future.cancelled():
                 continue  # the caller is gone: never spend the model on it
-            if started - job.submitted > self._timeout:
+            waited = started - job.waiting_since
+            if waited > self._timeout:
                 _deliver(
                     job,
                     DeadlineExceeded(
-                        f"the request waited {started - job.submitted:.1f} s for the model, "
+                        f"the request waited {waited:.1f} s for the model, "
                         f"longer than REQUEST_TIMEOUT_S={self._timeout:g}; retry later"
                     ),
                 )
+                expired += 1
                 continue
             live.append(job)
         if not live:
+            if self._on_batch is not None and expired:
+                # Count the expired ones even when nothing was left to run.
+                self._on_batch(BatchStats(0, 0.0, (), expired=expired, narrow=narrow))
             return
         try:
             probabilities = self._classifier.run(
@@ -251,7 +262,7 @@ class ModelRunner:
                     size=len(live),
                     model_seconds=model_s,
                     queue_seconds=tuple(started - job.submitted for job in live),
-                    expired=len(batch) - len(live),
+                    expired=expired,
                     narrow=narrow,
                 )
             )

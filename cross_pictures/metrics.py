@@ -139,8 +139,9 @@ class Metrics:
 
     def observe_batch(self, stats: BatchStats) -> None:
         """Called by the model runner after each run (on its thread; metrics are thread-safe)."""
-        self.model_seconds.observe(stats.model_seconds)
-        self.batch_size.observe(stats.size)
+        if stats.size:  # a "run" whose every image had expired ran nothing
+            self.model_seconds.observe(stats.model_seconds)
+            self.batch_size.observe(stats.size)
         for waited in stats.queue_seconds:
             self.queue_seconds.observe(waited)
         if stats.expired:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -132,6 +133,23 @@ def test_requests_past_their_deadline_never_reach_the_model() -> None:
     asyncio.run(main())
     runner.stop(5)
     assert fake.batch_sizes == [1]  # only the first image ran
+    assert [(s.size, s.expired) for s in stats] == [(1, 0), (0, 1)]  # and the late one counted
+
+
+def test_the_deadline_counts_the_wait_before_the_queue_too() -> None:
+    # An image that already spent its REQUEST_TIMEOUT_S waiting for a decoder is dropped even
+    # though the model is idle.
+    fake = FakeClassifier()
+    runner = make_runner(fake, request_timeout_s=0.5)
+
+    async def main() -> None:
+        with pytest.raises(DeadlineExceeded, match=r"waited 1\.0 s"):
+            await runner.submit(tensor(0), waiting_since=time.perf_counter() - 1.0)
+        assert (await runner.submit(tensor(1), waiting_since=time.perf_counter())).batch_size == 1
+
+    asyncio.run(main())
+    runner.stop(5)
+    assert fake.batch_sizes == [1]
 
 
 def test_cancelled_requests_are_skipped() -> None:

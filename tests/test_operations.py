@@ -157,6 +157,54 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
         assert metric_value(text, "cross_pictures_rejected_total", reason="overloaded") == 2
 
 
+def test_request_that_waited_past_its_deadline_is_504_and_never_runs(settings: Settings) -> None:
+    gate = threading.Event()
+
+    class Stuck(FakeClassifier):
+        def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+            if len(self.batch_sizes) >= settings.max_batch_size:  # past warm-up
+                self.running.set()
+                assert gate.wait(10)
+            return super().run(batch, narrow=narrow)
+
+    settings.request_timeout_s = 0.05
+    stuck = Stuck()
+    app = create_app(settings, load_classifier=lambda _: stuck)
+    with TestClient(app) as client:
+        statuses: dict[str, int] = {}
+        details: dict[str, str] = {}
+
+        def post(name: str) -> None:
+            response = client.post("/infer", files={"image": ("a.png", image_bytes())})
+            statuses[name] = response.status_code
+            details[name] = response.text
+
+        stuck.running.clear()
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        assert stuck.running.wait(5)  # the model is busy with the first request
+        runs_before = len(stuck.batch_sizes)
+        late = threading.Thread(target=post, args=("late",))
+        late.start()
+        runner = app.state.runtime.service.runner
+        for _ in range(500):
+            if runner.queue_depth == 1:
+                break
+            threading.Event().wait(0.01)
+        assert runner.queue_depth == 1
+        threading.Event().wait(0.2)  # longer than the 50 ms REQUEST_TIMEOUT_S
+        gate.set()
+        first.join()
+        late.join()
+        assert statuses == {"first": 200, "late": 504}, details
+        assert "REQUEST_TIMEOUT_S" in details["late"]
+        # Only the first request ran (it is recorded once released); the late one never did.
+        assert len(stuck.batch_sizes) == runs_before + 1
+        text = client.get("/metrics").text
+        assert metric_value(text, "cross_pictures_rejected_total", reason="deadline") == 1
+        assert metric_value(text, "cross_pictures_deadline_expired_total") == 1
+
+
 def test_concurrent_uploads_are_bounded(settings: Settings) -> None:
     settings.max_concurrent_uploads = 1
     app = create_app(settings, load_classifier=lambda _: FakeClassifier())
