@@ -164,6 +164,18 @@ def test_unknown_model_or_version_is_404(
     assert_error(client.request(method, path, json=body), 404, fragment)
 
 
+def test_overload_is_503_in_the_protocol_shape_and_counted(settings: Settings) -> None:
+    app = create_app(settings, load_classifier=lambda _: FakeClassifier())
+    with TestClient(app) as client:
+        app.state.upload_slots.busy = settings.max_concurrent_uploads  # every slot taken
+        response = client.post(INFER, json={"inputs": [image_input(RED)]})
+        app.state.upload_slots.busy = 0
+        assert_error(response, 503, "MAX_CONCURRENT_UPLOADS")
+        assert response.headers["retry-after"] == "1"
+        text = client.get("/metrics").text
+    assert 'cross_pictures_rejected_total{reason="overloaded"} 1.0' in text
+
+
 def test_not_ready_is_503(settings: Settings) -> None:
     app = create_app(settings, load_classifier=lambda _: FakeClassifier())
     client = TestClient(app)  # no lifespan: the model never loads

@@ -48,6 +48,13 @@ def status_for(error: CrossPicturesError) -> int:
     return 500
 
 
+def count_rejection(request: Request, error: CrossPicturesError) -> None:
+    """Count a refusal (overload, not ready, deadline) in cross_pictures_rejected_total."""
+    reason = REJECTION_REASONS.get(type(error))
+    if reason is not None:
+        request.app.state.metrics.rejected.labels(reason).inc()
+
+
 def request_id_of(request: Request) -> str | None:
     """The id the request-id middleware stored, if any."""
     value = getattr(request.state, "request_id", None)
@@ -75,9 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CrossPicturesError)
-        reason = REJECTION_REASONS.get(type(exc))
-        if reason is not None:
-            request.app.state.metrics.rejected.labels(reason).inc()
+        count_rejection(request, exc)
         return error_response(request, status_for(exc), str(exc))
 
     async def on_malformed(request: Request, exc: Exception) -> JSONResponse:

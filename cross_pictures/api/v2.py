@@ -24,7 +24,12 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from cross_pictures import __version__
-from cross_pictures.api.errors import CLIENT_CLOSED_REQUEST, RETRY_AFTER_SECONDS, status_for
+from cross_pictures.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    RETRY_AFTER_SECONDS,
+    count_rejection,
+    status_for,
+)
 from cross_pictures.api.routes import get_settings, get_state, get_upload_slots
 from cross_pictures.api.uploads import (
     ClientGone,
@@ -108,6 +113,7 @@ class V2Route(APIRoute):
             except ProtocolError as exc:
                 return v2_error(exc.status, exc.message)
             except CrossPicturesError as exc:
+                count_rejection(request, exc)
                 return v2_error(status_for(exc), str(exc))
             except RequestValidationError as exc:
                 return v2_error(400, _describe_errors(exc.errors()))
