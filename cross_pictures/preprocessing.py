@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import math
+import re
 import struct
 import warnings
 import zlib
@@ -110,12 +111,12 @@ def prepare_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Prepar
     if not data:
         raise InvalidImage("The upload is empty (0 bytes); send the image file's contents.")
     register_optional_formats()
-    with _quiet_pillow(), _open(data) as img:
+    with _quiet_pillow(), _open(data, max_pixels) as img:
         image_format = img.format or "unknown"
         _check_pixels(img.size, max_pixels)
         full_size = img.size
         extent = _draft(img) if draft and image_format in ("JPEG", "MPO") else None
-        with _decoding():
+        with _decoding(max_pixels):
             img.load()
         _check_pixels(img.size, max_pixels)  # a decoder may settle on a size only now (HEIF)
         if extent is None:
@@ -147,23 +148,27 @@ def _quiet_pillow() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _decoding() -> Iterator[None]:
+def _decoding(max_pixels: int) -> Iterator[None]:
     """Translate Pillow's decode failures into InvalidImage / ImageTooLarge."""
     try:
         yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Only reached when Pillow's own limit trips first (or its warning escaped the filter
         # because catch_warnings is process-global and another thread just restored it).
-        raise ImageTooLarge(f"The image has too many pixels to process ({exc}).") from exc
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) ..."
+        size = f"{pixels.group(1)} pixels" if pixels else "more pixels than Pillow will decode"
+        pillow_limit = Image.MAX_IMAGE_PIXELS and 2 * Image.MAX_IMAGE_PIXELS
+        limit = min(max_pixels, pillow_limit) if pillow_limit else max_pixels
+        raise ImageTooLarge(f"The image is {size}; the limit is {limit} pixels.") from exc
     except _DECODE_ERRORS as exc:
         raise InvalidImage(
             f"The image is corrupt or truncated and cannot be decoded ({exc})."
         ) from exc
 
 
-def _open(data: bytes) -> ImageFile.ImageFile:
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     """Identify the image from its header, without decoding pixels."""
-    with _decoding():
+    with _decoding(max_pixels):
         try:
             # Pillow raises KeyError for a listed format it has no opener for (HEIF without
             # pillow-heif), so list only the registered ones.

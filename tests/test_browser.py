@@ -28,7 +28,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import ROOT
-from tests.images import PHOTOS
+from tests.images import PHOTOS, png_declaring_size
 from tests.server import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
@@ -237,6 +237,25 @@ def test_page_shows_the_servers_error_for_a_text_file(tab: Tab, live_server: Ser
     expect(page.locator("#predictions")).to_have_count(0)
     expect(page.locator("#figure")).to_be_hidden()  # a text file has no preview
     tab.screenshot("page-error.png")
+    tab.assert_offline()
+
+
+def test_page_says_when_an_image_is_too_large(tab: Tab, live_server: Server) -> None:
+    # A tiny PNG whose header declares 20000x20000 pixels: refused from the header (413).
+    bomb: FilePayload = {
+        "name": "huge.png",
+        "mimeType": "image/png",
+        "buffer": png_declaring_size(20_000, 20_000),
+    }
+    page = tab.page
+    page.goto(f"{live_server.url}/")
+    page.set_input_files("#image", bomb)
+    error = page.locator("#result #error")
+    expect(error).to_be_visible()
+    expect(error.locator(".error-title")).to_have_text("The image is too large.")
+    expect(error.locator(".error-detail")).to_contain_text("400000000 pixels")
+    expect(page.locator("#predictions")).to_have_count(0)
+    tab.screenshot("page-too-large.png")
     tab.assert_offline()
 
 
