@@ -20,6 +20,7 @@ from cross_pictures import __version__
 from cross_pictures.api.v2 import V2Route, body_limit, classification_strings
 from cross_pictures.app import create_app
 from cross_pictures.config import Settings
+from cross_pictures.inference import FloatArray
 from cross_pictures.preprocessing import prepare_image
 from tests.conftest import image_bytes
 from tests.fakes import FAKE_LABELS, FakeClassifier
@@ -639,3 +640,67 @@ def test_openapi_documents_the_v2_routes(client: TestClient) -> None:
     assert "inputs" in schema["properties"]
     assert "$defs" not in json.dumps(infer)  # inlined: nothing points outside the document
     assert "/v2/models/{model_name}/versions/{model_version}/ready" in spec["paths"]
+
+
+def test_gzip_body_that_inflates_past_the_upload_memory_budget_is_413(
+    settings: Settings,
+) -> None:
+    # Small on the wire, under the body limit once inflated, but over what uploads may hold.
+    settings.max_upload_memory_bytes = 1_000_000
+    assert settings.max_upload_memory_bytes < body_limit(settings)
+    padding = b" " * (settings.max_upload_memory_bytes + 1)
+    body = gzip.compress(json.dumps({"inputs": [image_input(RED)]}).encode() + padding)
+    assert len(body) < 10_000
+    with TestClient(create_app(settings, load_classifier=lambda _: FakeClassifier())) as client:
+        response = client.post(INFER, content=body, headers={"content-encoding": "gzip"})
+    assert_error(response, 413, "MAX_UPLOAD_MEMORY_BYTES")
+
+
+def test_truncated_gzip_body_is_400(client: TestClient) -> None:
+    body = gzip.compress(json.dumps({"inputs": [image_input(RED)]}).encode())
+    response = client.post(INFER, content=body[:-12], headers={"content-encoding": "gzip"})
+    assert_error(response, 400, "truncated")
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9", "-1", "1e3"])
+def test_header_length_that_is_not_a_plain_number_is_400(client: TestClient, value: str) -> None:
+    response = client.post(
+        INFER,
+        content=json.dumps({"inputs": [image_input(RED)]}).encode(),
+        headers={b"Inference-Header-Content-Length": value.encode("latin-1")},
+    )
+    assert_error(response, 400, "Inference-Header-Content-Length")
+
+
+def test_fp32_numbers_beyond_float_range_are_400(client: TestClient) -> None:
+    shape = [1, 3, 224, 224]
+    data: list[Any] = [0] * (3 * 224 * 224)
+    data[0] = 10**400  # a JSON integer no float holds
+    body = json.dumps(
+        {"inputs": [{"name": "data", "shape": shape, "datatype": "FP32", "data": data}]}
+    )
+    response = client.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, "must be numbers")
+
+
+class Overflowing(FakeClassifier):
+    """Like the real model fed 3e38s: its arithmetic overflows and it answers NaN."""
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        if np.abs(batch).max() > 1e30:
+            return np.full((len(batch), len(self.labels)), np.nan, dtype=np.float32)
+        return super().run(batch, narrow=narrow)
+
+
+def test_fp32_input_that_overflows_the_model_is_400_not_nan(settings: Settings) -> None:
+    batch = np.full((1, 3, 224, 224), 3e38, dtype=np.float32)  # finite, absurd for an image
+    tensor = {"name": "data", "shape": [1, 3, 224, 224], "datatype": "FP32"}
+    with TestClient(create_app(settings, load_classifier=lambda _: Overflowing())) as client:
+        body = {"inputs": [{**tensor, "data": batch.ravel().tolist()}]}
+        response = client.post(INFER, json=body)
+    assert_error(response, 400, "NaN or infinity", "[-3, 3]")
+
+
+def test_request_id_is_bounded(client: TestClient) -> None:
+    response = client.post(INFER, json={"id": "x" * 257, "inputs": [image_input(RED)]})
+    assert_error(response, 400, "id")

@@ -72,6 +72,7 @@ IMAGE_ELEMENTS = math.prod(IMAGE_SHAPE)
 JSON_BYTES_PER_FLOAT = 32
 # The JSON around the tensors: names, shapes, parameters, outputs.
 HEADER_OVERHEAD_BYTES = 64 * 1024
+DECOMPRESS_PIECE_BYTES = 1 << 20
 _LENGTH_PREFIX = struct.Struct("<I")
 
 
@@ -261,9 +262,9 @@ def _too_large(limit: int) -> ProtocolError:
 
 async def _read_body(request: Request, limit: int, reservation: Reservation) -> bytearray:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdecimal() and int(declared) > limit:
         raise _too_large(limit)  # refuse before reading a byte we would throw away
-    if declared.isdigit():
+    if declared.isdecimal():
         reservation.cover(int(declared))
     body = bytearray()
     try:
@@ -274,10 +275,10 @@ async def _read_body(request: Request, limit: int, reservation: Reservation) -> 
             reservation.cover(len(body))
     except ClientDisconnect as exc:
         raise ClientGone from exc
-    return _decompress(body, request.headers.get("content-encoding", ""), limit)
+    return _decompress(body, request.headers.get("content-encoding", ""), limit, reservation)
 
 
-def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
+def _decompress(body: bytearray, encoding: str, limit: int, reservation: Reservation) -> bytearray:
     # tritonclient compresses requests with gzip or deflate when asked to.
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
@@ -286,20 +287,32 @@ def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
         raise ProtocolError(400, f"Content-Encoding '{encoding}' is not supported; use gzip")
     wbits = zlib.MAX_WBITS | (16 if encoding == "gzip" else 32)
     decompressor = zlib.decompressobj(wbits)
+    plain = bytearray()
+    pending: bytes = bytes(body)
     try:
-        plain = decompressor.decompress(body, limit + 1)  # bounded: no zip bombs
+        # A piece at a time, each counted against the upload memory budget: a 1 MB gzip body
+        # can inflate to a gigabyte.
+        while pending or not decompressor.eof:
+            piece = decompressor.decompress(pending, DECOMPRESS_PIECE_BYTES)
+            pending = decompressor.unconsumed_tail
+            if not piece and not pending:
+                break
+            plain += piece
+            if len(plain) > limit:
+                raise _too_large(limit)
+            reservation.cover(len(body) + len(plain))
     except zlib.error as exc:
         raise ProtocolError(400, f"the {encoding} body cannot be decompressed: {exc}") from exc
-    if len(plain) > limit or decompressor.unconsumed_tail:
-        raise _too_large(limit)
-    return bytearray(plain)
+    if not decompressor.eof:
+        raise ProtocolError(400, f"the {encoding} body is truncated")
+    return plain
 
 
 def _split_header(request: Request, body: bytearray) -> tuple[bytearray, memoryview]:
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
         return body, memoryview(b"")
-    if not value.strip().isdigit() or int(value) > len(body):
+    if not value.strip().isdecimal() or int(value) > len(body):
         raise ProtocolError(
             400, f"{HEADER_LENGTH}: {value!r} is not a length within the {len(body)}-byte body"
         )
@@ -494,7 +507,7 @@ def _fp32_batch(tensor: RequestInput, binary: memoryview | None, settings: Setti
     if binary is None:
         try:
             array = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(
                 400, f"input '{DATA_INPUT}' data must be numbers (flat or nested): {exc}"
             ) from exc
@@ -511,7 +524,9 @@ def _fp32_batch(tensor: RequestInput, binary: memoryview | None, settings: Setti
             400, f"input '{DATA_INPUT}' has shape {tensor.shape} ({elements} FP32) but {found}"
         )
     if not np.isfinite(array).all():
-        raise ProtocolError(400, f"input '{DATA_INPUT}' contains NaN or infinity")
+        raise ProtocolError(
+            400, f"input '{DATA_INPUT}' contains NaN or infinity (or numbers beyond FP32's range)"
+        )
     return array.reshape(count, *IMAGE_SHAPE)
 
 
@@ -620,6 +635,14 @@ def _encode_response(
 
 async def _tensor_probabilities(service: ClassificationService, batch: FloatArray) -> FloatArray:
     probabilities, _ = await service.probabilities(batch)
+    if not np.isfinite(probabilities).all():
+        # Finite but absurd values (1e38) overflow inside the model; a preprocessed image is
+        # ImageNet-normalized, roughly within [-3, 3].
+        raise ProtocolError(
+            400,
+            f"input '{DATA_INPUT}' drove the model to NaN or infinity: send preprocessed "
+            "images (RGB / 255, minus ImageNet mean, over std: values within about [-3, 3])",
+        )
     return probabilities
 
 

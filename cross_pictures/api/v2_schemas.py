@@ -123,7 +123,7 @@ class RequestParameters(BaseModel):
 class InferenceRequest(BaseModel):
     """POST .../infer: one input, optionally the outputs to return."""
 
-    id: str | None = Field(None, description="Echoed in the response.")
+    id: str | None = Field(None, max_length=256, description="Echoed in the response.")
     parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
