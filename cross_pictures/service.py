@@ -49,6 +49,11 @@ class ClassificationService:
         self._decode_limiter = anyio.CapacityLimiter(decode_threads)
         self._decoding = 0  # images between upload and queue; only touched on the event loop
 
+    @property
+    def decoding(self) -> int:
+        """Images being decoded, or waiting for a decoder."""
+        return self._decoding
+
     def admit(self) -> None:
         """Refuse a request before its upload is read when the model's queue is already full.
 
@@ -67,6 +72,14 @@ class ClassificationService:
         """Decode and preprocess off the event loop."""
         if not data:
             raise InvalidImage("the uploaded file is empty (0 bytes); send the image's contents")
+        # A decode cannot be stopped once its thread runs. If the caller gives up (the client
+        # hung up), the decode must keep its pool slot and its place in the admission count
+        # until the thread is done, or hung-up clients could run any number of decodes at once.
+        decoding = asyncio.ensure_future(self._decode_in_pool(data))
+        decoding.add_done_callback(_retrieve_outcome)
+        return await asyncio.shield(decoding)
+
+    async def _decode_in_pool(self, data: bytes) -> PreparedImage:
         self._decoding += 1
         try:
             return await anyio.to_thread.run_sync(
@@ -117,6 +130,12 @@ class ClassificationService:
         results = await asyncio.gather(*(self.runner.submit(row) for row in batch))
         stacked = np.stack([r.probabilities for r in results]).astype(np.float32, copy=False)
         return stacked, max((r.model_ms for r in results), default=0.0)
+
+
+def _retrieve_outcome(task: asyncio.Future[PreparedImage]) -> None:
+    # Nobody awaits an abandoned decode: take its error so asyncio does not log it as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(slots=True)

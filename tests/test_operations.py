@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -13,12 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from cross_pictures.app import create_app
+from cross_pictures.batching import ModelRunner
 from cross_pictures.config import Settings, describe_validation_error
+from cross_pictures.errors import Overloaded
 from cross_pictures.inference import FloatArray
 from cross_pictures.logs import JsonFormatter, TextFormatter
-from cross_pictures.service import ServiceState
+from cross_pictures.preprocessing import PreparedImage
+from cross_pictures.service import ClassificationService, ServiceState
 from tests.conftest import image_bytes
-from tests.fakes import FakeClassifier
+from tests.fakes import FAKE_LABELS, FakeClassifier
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -297,3 +302,43 @@ def test_probes_are_not_logged_at_info(
     client.get("/ready")
     client.get("/nope")
     assert [r.path for r in access_log] == ["/nope"]  # type: ignore[attr-defined]
+
+
+def test_a_decode_abandoned_by_its_client_keeps_its_slot_until_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hung-up client cancels its request, but the decode thread cannot be stopped: its slot
+    # in the decode pool and in the admission count must stay taken until the thread is done.
+    started, release = threading.Event(), threading.Event()
+    runner = ModelRunner(
+        FakeClassifier(), max_batch_size=2, max_batch_delay_s=0, max_queue=1, request_timeout_s=5
+    )
+    runner.start()
+    service = ClassificationService(runner, FAKE_LABELS, max_image_pixels=10**6, decode_threads=1)
+    real_prepare = service._prepare_sync
+
+    def slow_prepare(data: bytes) -> PreparedImage:
+        started.set()
+        assert release.wait(10)
+        return real_prepare(data)
+
+    monkeypatch.setattr(service, "_prepare_sync", slow_prepare)
+
+    async def main() -> None:
+        request = asyncio.ensure_future(service.classify(image_bytes(), 3))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        request.cancel()  # the client hung up
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        with pytest.raises(Overloaded):
+            service.admit()  # the abandoned decode still counts
+        release.set()
+        for _ in range(500):
+            if service.decoding == 0:
+                break
+            await asyncio.sleep(0.01)
+        service.admit()  # its slot is free once the thread is done
+
+    asyncio.run(main())
+    runner.stop(5)

@@ -680,3 +680,15 @@ def test_mangled_uploads_are_refused_cleanly_never_crash(fmt: str, params: dict[
             outcome = type(exc).__name__
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("InvalidImage", 0) > 0, outcomes  # the sample does hit broken files
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
+    # A CPU bomb: the first scan's header repeated, each copy a full pass over the image.
+    photo = encode(smooth_photo((400, 300)), "JPEG", progressive=True)
+    start = photo.index(b"\xff\xda")
+    length = int.from_bytes(photo[start + 2 : start + 4], "big")
+    header = photo[start : start + 2 + length]
+    bomb = photo[:-2] + header * 2000 + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match=r"JPEG has \d+ scans"):
+        prepare_image(bomb, max_pixels=MAX_PIXELS)
+    assert prepare_image(photo, max_pixels=MAX_PIXELS).width == 400  # ordinary progressive
