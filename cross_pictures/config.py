@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Bytes all request bodies being received may hold together; past it 503.",
     )
+    upload_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a request body may take to arrive; past it 408 (slow-loris guard).",
+    )
     request_timeout_s: float = Field(
         10.0, gt=0, description="A request that waited longer is dropped before the model (504)."
     )

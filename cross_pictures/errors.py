@@ -13,6 +13,10 @@ class UploadTooLarge(CrossPicturesError):
     """The upload has more bytes than MAX_UPLOAD_BYTES (HTTP 413)."""
 
 
+class UploadTimeout(CrossPicturesError):
+    """The request body did not arrive within UPLOAD_TIMEOUT_S (HTTP 408)."""
+
+
 class ImageTooLarge(CrossPicturesError):
     """The image declares more pixels than MAX_IMAGE_PIXELS (HTTP 413)."""
 

@@ -143,6 +143,30 @@ def test_chunked_upload_over_limit_is_413(client: TestClient, settings: Settings
     assert response.status_code == 413  # (TestClient buffers the body: see test_server.py)
 
 
+def test_body_cut_off_before_its_closing_boundary_is_422(client: TestClient) -> None:
+    boundary = "cut"
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    closing = f"--{boundary}--\r\n".encode()
+
+    def part(field: str) -> bytes:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="a.png"'
+            "\r\nContent-Type: image/png\r\n\r\n"
+        )
+        return head.encode() + image_bytes() + b"\r\n"
+
+    response = client.post("/infer", content=part("image")[:-20], headers=headers)
+    assert response.status_code == 422
+    assert "cut off" in response.json()["detail"]
+    # In a batch, two whole images and a third cut short: the request itself is broken.
+    cut_batch = part("images") * 2 + part("images")[:-20]
+    response = client.post("/infer/batch", content=cut_batch, headers=headers)
+    assert response.status_code == 422
+    assert "cut off" in response.json()["detail"]
+    whole = client.post("/infer", content=part("image") + closing, headers=headers)
+    assert whole.status_code == 200
+
+
 def test_too_many_pixels_is_413(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("1", (3000, 3000)).save(buffer, "PNG")  # 9 MP, tiny file, over 4 MP limit
@@ -275,3 +299,13 @@ def test_missing_model_file_message_names_the_fix(tmp_path: Path, labels_file: P
     )
     with pytest.raises(ModelLoadError, match=r"MODEL_PATH=.*cross-pictures fetch-model"):
         create_app(settings)
+
+
+def test_unknown_route_and_wrong_method_answer_like_every_other_error(client: TestClient) -> None:
+    missing = client.get("/nope", headers={"X-Request-ID": "r-404"})
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "Not Found", "request_id": "r-404"}
+    wrong = client.get("/infer", headers={"X-Request-ID": "r-405"})
+    assert wrong.status_code == 405
+    assert wrong.json()["request_id"] == "r-405"
+    assert wrong.headers["allow"] == "POST"

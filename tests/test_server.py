@@ -138,6 +138,43 @@ def test_shutdown_is_bounded_by_shutdown_timeout_even_if_a_client_never_finishes
 
 
 @pytest.mark.slow
+def test_slow_loris_uploads_time_out_and_free_their_slots(tmp_path: Path) -> None:
+    # Clients that send a few bytes and then stall would hold every upload slot for ever:
+    # after UPLOAD_TIMEOUT_S they get 408 and their connections close.
+    require_model(INT8_MODEL_PATH)
+    env = {"UPLOAD_TIMEOUT_S": "1", "MAX_CONCURRENT_UPLOADS": "2", "LOG_FORMAT": "json"}
+    with running_server(tmp_path / "server.log", env) as server:
+        first, _, headers = multipart(photo_bytes())
+        host, port = server.url.removeprefix("http://").split(":")
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        stalled = []
+        for _ in range(2):  # every slot
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(
+                f"POST /infer HTTP/1.1\r\nHost: {host}\r\n{head}"
+                f"Content-Length: {len(first) + 1000}\r\n\r\n".encode()
+                + first[:1000]
+            )
+            stalled.append(sock)
+        try:
+            for sock in stalled:
+                response = b""
+                while not _complete_http_response(response) and (data := sock.recv(65536)):
+                    response += data
+                assert response.startswith(b"HTTP/1.1 408"), response[:200]
+                assert b"UPLOAD_TIMEOUT_S" in response
+                assert sock.recv(1) == b""  # and the server closed the connection
+        finally:
+            for sock in stalled:
+                sock.close()
+        photo = photo_bytes()
+        answer = httpx.post(server.url + "/infer", files={"image": ("p.jpg", photo)}, timeout=30)
+        assert answer.status_code == 200  # the slots are free again
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        assert metric_value(text, "cross_pictures_rejected_total", reason="upload_timeout") == 2
+
+
+@pytest.mark.slow
 def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
     require_model(INT8_MODEL_PATH)  # the default precision
     env = {"WORKERS": "2", "NUM_THREADS": "1", "MAX_BATCH_SIZE": "2", "LOG_FORMAT": "json"}

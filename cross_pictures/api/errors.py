@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cross_pictures.api.schemas import ErrorResponse
 from cross_pictures.api.uploads import ClientGone, MalformedRequest
@@ -18,12 +19,14 @@ from cross_pictures.errors import (
     ModelNotReady,
     Overloaded,
     UnsupportedFormat,
+    UploadTimeout,
     UploadTooLarge,
 )
 
 STATUS_BY_ERROR: dict[type[CrossPicturesError], int] = {
     InvalidImage: 400,
     UploadTooLarge: 413,
+    UploadTimeout: 408,
     ImageTooLarge: 413,
     UnsupportedFormat: 415,
     ModelNotReady: 503,
@@ -34,6 +37,7 @@ REJECTION_REASONS: dict[type[CrossPicturesError], str] = {
     Overloaded: "overloaded",
     ModelNotReady: "not_ready",
     DeadlineExceeded: "deadline",
+    UploadTimeout: "upload_timeout",
 }
 RETRY_AFTER_SECONDS = "1"
 # What a client that hung up "gets" (logged and counted only): nginx's "client closed request".
@@ -64,6 +68,8 @@ def request_id_of(request: Request) -> str | None:
 def error_response(request: Request, status: int, detail: str) -> JSONResponse:
     """A JSON error with the request id, and Retry-After where retrying will help."""
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    if status == 408:
+        headers = {"Connection": "close"}  # the rest of the body may still be on its way
     body = ErrorResponse(detail=detail, request_id=request_id_of(request))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -98,6 +104,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(request, 422, _describe_validation(exc))
 
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own 404 / 405 ...: the same body as every other error, with the id.
+        assert isinstance(exc, StarletteHTTPException)
+        response = error_response(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
+
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         # Starlette logs the traceback after this answer; the client gets JSON with the id to
         # quote (this handler runs outside the request-id middleware, so the header is set here).
@@ -113,6 +126,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     app.add_exception_handler(CrossPicturesError, on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_bug)
     app.add_exception_handler(MalformedRequest, on_malformed)
     app.add_exception_handler(ClientGone, on_client_gone)
@@ -131,6 +145,17 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             {
                 "empty": {"value": _example("the uploaded file is empty (0 bytes)")},
                 "truncated": {"value": _example("the image data is truncated or corrupt: ...")},
+            },
+        ),
+        408: (
+            "The body did not arrive within UPLOAD_TIMEOUT_S",
+            {
+                "slow": {
+                    "value": _example(
+                        "the upload did not arrive within UPLOAD_TIMEOUT_S=60 s; send it again "
+                        "over a faster connection, or send a smaller file"
+                    )
+                }
             },
         ),
         413: (

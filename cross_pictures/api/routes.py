@@ -136,7 +136,7 @@ async def ready(state: Annotated[ServiceState, Depends(get_state)]) -> ReadyResp
     "multipart field `image`; get the top-k ImageNet classes.\n\n"
     "`curl -F image=@cat.jpg http://127.0.0.1:8000/infer`",
     openapi_extra=_multipart_body("image", many=False),
-    responses=error_responses(400, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 408, 413, 415, 422, 503, 504),
     tags=["inference"],
 )
 async def infer(
@@ -148,7 +148,12 @@ async def infer(
 ) -> InferResponse:
     k = _bounded_k(top_k, settings, service)
     (image,) = await read_image_parts(
-        request, field="image", max_part_bytes=settings.max_upload_bytes, max_parts=1, slots=slots
+        request,
+        field="image",
+        max_part_bytes=settings.max_upload_bytes,
+        max_parts=1,
+        slots=slots,
+        timeout_s=settings.upload_timeout_s,
     )
     result = await cancel_if_client_leaves(request, service.classify(image, k))
     _record(request, [result])
@@ -165,7 +170,7 @@ async def infer(
     "for it alone; one bad image does not fail the others.\n\n"
     "`curl -F images=@a.jpg -F images=@b.png http://127.0.0.1:8000/infer/batch`",
     openapi_extra=_multipart_body("images", many=True),
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(408, 413, 422, 503),
     tags=["inference"],
 )
 async def infer_batch(
@@ -182,6 +187,7 @@ async def infer_batch(
         max_part_bytes=settings.max_upload_bytes,
         max_parts=settings.max_batch_images,
         slots=slots,
+        timeout_s=settings.upload_timeout_s,
     )
     outcomes = await cancel_if_client_leaves(request, service.classify_many(images, k))
     items: list[BatchItem] = []

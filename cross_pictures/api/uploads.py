@@ -9,8 +9,8 @@ in memory, where decoding wants them anyway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,7 +18,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from cross_pictures.errors import Overloaded, UploadTooLarge
+from cross_pictures.errors import Overloaded, UploadTimeout, UploadTooLarge
 
 if TYPE_CHECKING:  # the TypedDict exists for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -110,6 +110,7 @@ class _ImagePartCollector:
         self.max_part_bytes = max_part_bytes
         self.max_parts = max_parts
         self.parts: list[bytes] = []
+        self.ended = False  # the closing boundary arrived
         self._part = _Part()
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -122,7 +123,11 @@ class _ImagePartCollector:
             "on_header_field": self._on_header_field,
             "on_header_value": self._on_header_value,
             "on_header_end": self._on_header_end,
+            "on_end": self._on_end,
         }
+
+    def _on_end(self) -> None:
+        self.ended = True
 
     def _on_part_begin(self) -> None:
         self._part = _Part()
@@ -167,17 +172,38 @@ def _too_many(field: str, max_parts: int) -> str:
 
 
 async def read_image_parts(
-    request: Request, *, field: str, max_part_bytes: int, max_parts: int, slots: UploadSlots
+    request: Request,
+    *,
+    field: str,
+    max_part_bytes: int,
+    max_parts: int,
+    slots: UploadSlots,
+    timeout_s: float,
 ) -> list[bytes]:
     """The contents of every multipart part named `field`, each at most `max_part_bytes`."""
     with slots.take() as reservation:
-        return await _read_image_parts(
-            request,
-            field=field,
-            max_part_bytes=max_part_bytes,
-            max_parts=max_parts,
-            reservation=reservation,
-        )
+        async with upload_deadline(timeout_s):
+            return await _read_image_parts(
+                request,
+                field=field,
+                max_part_bytes=max_part_bytes,
+                max_parts=max_parts,
+                reservation=reservation,
+            )
+
+
+@asynccontextmanager
+async def upload_deadline(timeout_s: float) -> AsyncIterator[None]:
+    """Bound the time a body may take to arrive: a client that trickles it in (slow loris)
+    would otherwise hold an upload slot, and its memory, for ever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise UploadTimeout(
+            f"the upload did not arrive within UPLOAD_TIMEOUT_S={timeout_s:g} s; "
+            "send it again over a faster connection, or send a smaller file"
+        ) from None
 
 
 async def _read_image_parts(
@@ -219,6 +245,12 @@ async def _read_image_parts(
         raise ClientGone from exc
     except MultipartParseError as exc:
         raise MalformedRequest(field, f"the multipart body is malformed: {exc}") from exc
+    if not collector.ended:
+        raise MalformedRequest(
+            field,
+            "the multipart body ended before its closing boundary: the upload was cut off "
+            "(or the client sent no final boundary); send it again",
+        )
     if not collector.parts:
         raise MalformedRequest(
             field, f"field '{field}' is required: attach the image with -F {field}=@photo.jpg"

@@ -36,6 +36,7 @@ from cross_pictures.api.uploads import (
     Reservation,
     UploadSlots,
     cancel_if_client_leaves,
+    upload_deadline,
 )
 from cross_pictures.api.v2_schemas import (
     ErrorBody,
@@ -132,6 +133,7 @@ SlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed request or bad image"},
     404: {"model": ErrorBody, "description": "Unknown model or version"},
+    408: {"model": ErrorBody, "description": "The body did not arrive within UPLOAD_TIMEOUT_S"},
     413: {"model": ErrorBody, "description": "Too many images, or an image or body too large"},
     415: {"model": ErrorBody, "description": "An element is not an image we can decode"},
     503: {"model": ErrorBody, "description": "Not ready or overloaded (see Retry-After)"},
@@ -658,7 +660,8 @@ async def _infer(
     service = _ready_service(state)
     service.admit()
     with slots.take() as reservation:
-        body = await _read_body(request, body_limit(settings), reservation)
+        async with upload_deadline(settings.upload_timeout_s):
+            body = await _read_body(request, body_limit(settings), reservation)
     header, binary = _split_header(request, body)
     infer = _parse_request(header)
     tensor = _the_input(infer)
