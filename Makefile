@@ -24,6 +24,7 @@ help:
 	@echo "make install   install dependencies (Poetry, .venv) and build both models"
 	@echo "make quantize  build the int8 model ($(INT8_MODEL)) alone"
 	@echo "make bench     benchmark the service against raw ONNX Runtime and a naive server"
+	@echo "make lint | typecheck | pytest   one part of make test; make clean removes .venv and caches"
 
 install: $(VENV)/.installed $(MODEL) $(INT8_MODEL)
 

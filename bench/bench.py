@@ -446,14 +446,22 @@ class WrkResult:
         return float(self.report["duration_us"]) / 1e6
 
 
-def run_wrk(url: str, image: Path, concurrency: int, duration_s: float) -> WrkResult:
+def run_wrk(
+    url: str,
+    image: Path,
+    concurrency: int,
+    duration_s: float,
+    *,
+    honour_retry_after: bool = False,
+) -> WrkResult:
     """POST the image to url with wrk for duration_s seconds."""
     threads = min(concurrency, 2)
     argv = ["wrk", f"-c{concurrency}", f"-t{threads}", f"-d{max(1, round(duration_s))}s"]
     argv += [f"--timeout={WRK_TIMEOUT}", f"--script={LUA_SCRIPT}", url]
     argv += ["--", str(image)]
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, "WRK_HONOUR_RETRY_AFTER": "1" if honour_retry_after else "0"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert process.stdout is not None
     output = process.stdout.read().decode(errors="replace")
     # wait4 gives the child's own rusage: wrk's CPU cost, all its threads.

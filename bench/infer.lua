@@ -7,6 +7,17 @@
 -- counted in response(), plus socket errors and timeouts) and latency percentiles in microseconds.
 
 local threads = {}
+local retry_ms = 0
+
+-- WRK_HONOUR_RETRY_AFTER=1: after a 503 a connection waits Retry-After seconds before its next
+-- request, as a well-behaved client does; without it, wrk retries at once (an abusive client).
+if os.getenv("WRK_HONOUR_RETRY_AFTER") == "1" then
+   function delay()
+      local wait = retry_ms
+      retry_ms = 0
+      return wait
+   end
+end
 
 function setup(thread)
    table.insert(threads, thread)
@@ -35,6 +46,10 @@ function init(args)
 end
 
 function response(status, headers, body)
+   if status == 503 then
+      local after = headers["retry-after"] or headers["Retry-After"]
+      retry_ms = (tonumber(after) or 1) * 1000
+   end
    if status >= 400 then
       http_errors = http_errors + 1
       local key = tostring(status)

