@@ -21,6 +21,17 @@ from cross_pictures.errors import CrossPicturesError, ModelLoadError
 UVICORN_GRACE_S = 2  # after the SIGTERM drain: long enough to close idle keep-alive connections
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _settings() -> Settings:
     try:
         return Settings()
@@ -69,7 +80,7 @@ def predict(args: argparse.Namespace) -> int:
     classifier = OnnxClassifier.from_files(
         settings.active_model_path, settings.labels_path, threads=settings.threads
     )
-    k = args.top_k or settings.top_k
+    k = args.top_k if args.top_k is not None else settings.top_k
     failures = 0
     results = []
     for path in args.images:
@@ -164,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="classify image files locally")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, help="classes per image (default: TOP_K)")
+    p.add_argument("--top-k", type=_positive_int, help="classes per image (default: TOP_K)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=predict)
 

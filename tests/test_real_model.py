@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cross_pictures import cli
 from cross_pictures.inference import OnnxClassifier, top_k
 from cross_pictures.preprocessing import prepare_image
-from tests.conftest import INT8_MODEL_PATH, LABELS_PATH, require_model, require_photos
+from tests.conftest import INT8_MODEL_PATH, LABELS_PATH, ROOT, require_model, require_photos
 from tests.images import PHOTOS
 from tests.server import Server, running_server
 from tests.test_operations import metric_value
@@ -165,3 +167,23 @@ def test_batch_endpoint_on_the_real_model(
     assert results[1]["error"]["status"] == 415
     for golden, result in zip(chosen, [results[0], *results[2:]], strict=True):
         assert result["predictions"][0]["label"] == golden["top3"][0][0]
+
+
+def test_predict_command_classifies_files_and_reports_bad_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_model(INT8_MODEL_PATH)
+    for name in ("PRECISION", "MODEL_PATH", "INT8_MODEL_PATH", "TOP_K", "top_k", "TOP_k"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(ROOT)  # the default model paths are relative to the checkout
+    zebra = PHOTOS / "n02391049_zebra.JPEG"
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    assert cli.main(["predict", "--json", "--top-k", "2", str(zebra), str(notes)]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [p["label"] for p in results[0]["predictions"]] == ["zebra", "skunk"]
+    assert results[1]["error"].startswith("Text files are not supported")
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["predict", "--top-k", "0", str(zebra)])
+    assert refused.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
