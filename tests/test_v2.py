@@ -704,3 +704,8 @@ def test_fp32_input_that_overflows_the_model_is_400_not_nan(settings: Settings) 
 def test_request_id_is_bounded(client: TestClient) -> None:
     response = client.post(INFER, json={"id": "x" * 257, "inputs": [image_input(RED)]})
     assert_error(response, 400, "id")
+
+
+def test_unknown_v2_path_answers_in_the_protocol_shape(client: TestClient) -> None:
+    assert_error(client.get("/v2/models/resnet50/stats"), 404)
+    assert_error(client.get(INFER), 405)

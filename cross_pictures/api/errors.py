@@ -107,6 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's own 404 / 405 ...: the same body as every other error, with the id.
         assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith("/v2/"):  # the inference protocol's own error shape
+            return JSONResponse(
+                {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+            )
         response = error_response(request, exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
