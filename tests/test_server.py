@@ -103,6 +103,59 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_sigterm_drains_every_worker_when_there_are_several(tmp_path: Path) -> None:
+    # uvicorn's supervisor passes SIGTERM to each worker; each drains its own requests.
+    require_model(INT8_MODEL_PATH)
+    env = {"WORKERS": "2", "NUM_THREADS": "1", "SHUTDOWN_TIMEOUT_S": "30", "LOG_FORMAT": "json"}
+    with running_server(tmp_path / "server.log", env, command=SERVE) as server:
+        for _ in range(3000):  # /ready answers once the first worker is up
+            if server.log().count('"message": "ready"') >= 2:
+                break
+            time.sleep(0.02)
+        release = threading.Event()
+        statuses: list[int] = []
+
+        def slow_upload() -> None:
+            first, rest, headers = multipart(photo_bytes())
+
+            def body() -> Iterator[bytes]:
+                yield first[: len(first) // 2]
+                release.wait(20)
+                yield first[len(first) // 2 :]
+                yield rest
+
+            response = httpx.post(
+                server.url + "/infer", content=body(), headers=headers, timeout=60
+            )
+            statuses.append(response.status_code)
+
+        uploads = [threading.Thread(target=slow_upload) for _ in range(6)]
+        for thread in uploads:
+            thread.start()
+        in_flight = 0.0
+        for _ in range(1500):  # summed over the workers (prometheus-client's livesum)
+            text = httpx.get(server.url + "/metrics", timeout=10).text
+            in_flight = metric_value(text, "cross_pictures_requests_in_flight")
+            if in_flight >= 7:
+                break
+            time.sleep(0.02)
+        assert in_flight >= 7
+        server.terminate()
+        for _ in range(500):  # both workers got the signal and are draining
+            if server.log().count("SIGTERM received: draining") == 2:
+                break
+            time.sleep(0.01)
+        assert server.log().count("SIGTERM received: draining") == 2
+        assert server.process.poll() is None  # waiting for the uploads
+        release.set()
+        for thread in uploads:
+            thread.join()
+        assert statuses == [200] * 6, statuses
+        assert server.process.wait(30) == 0
+    assert server.log().count("drained, shutting down") == 2
+
+
+@pytest.mark.slow
 def test_shutdown_is_bounded_by_shutdown_timeout_even_if_a_client_never_finishes(
     tmp_path: Path,
 ) -> None:
