@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -115,18 +116,35 @@ def test_warm_up_runs_every_batch_size_before_ready(settings: Settings) -> None:
         assert client.get("/ready").status_code == 200
 
 
+def wait_for_queue_depth(app: FastAPI, depth: int) -> None:
+    """Block until `depth` images wait for the model (requests posted from other threads)."""
+    runner = app.state.runtime.service.runner
+    for _ in range(500):
+        if runner.queue_depth == depth:
+            break
+        threading.Event().wait(0.01)
+    assert runner.queue_depth == depth
+
+
+class StuckAfterWarmUp(FakeClassifier):
+    """Runs the warm-up, then blocks every real run until `gate` opens."""
+
+    def __init__(self, warm_up_runs: int) -> None:
+        super().__init__()
+        self.warm_up_runs = warm_up_runs
+        self.gate = threading.Event()
+
+    def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
+        if len(self.batch_sizes) >= self.warm_up_runs:
+            self.running.set()
+            assert self.gate.wait(10)
+        return super().run(batch, narrow=narrow)
+
+
 def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
-    gate = threading.Event()
-
-    class Stuck(FakeClassifier):
-        def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
-            if len(self.batch_sizes) >= settings.max_batch_size:  # past warm-up
-                self.running.set()
-                gate.wait(10)
-            return super().run(batch, narrow=narrow)
-
     settings.max_queue = 1
-    stuck = Stuck()
+    stuck = StuckAfterWarmUp(settings.max_batch_size)
+    gate = stuck.gate
     app = create_app(settings, load_classifier=lambda _: stuck)
     with TestClient(app) as client:
         results: list[int] = []
@@ -141,12 +159,7 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
         assert stuck.running.wait(5)  # the model is busy
         second = threading.Thread(target=post)
         second.start()
-        runner = app.state.runtime.service.runner
-        for _ in range(500):
-            if runner.queue_depth == 1:
-                break
-            threading.Event().wait(0.01)
-        assert runner.queue_depth == 1
+        wait_for_queue_depth(app, 1)
         overloaded = client.post("/infer", files={"image": ("a.png", image_bytes())})
         assert overloaded.status_code == 503
         assert overloaded.headers["retry-after"] == "1"
@@ -163,17 +176,9 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
 
 
 def test_request_that_waited_past_its_deadline_is_504_and_never_runs(settings: Settings) -> None:
-    gate = threading.Event()
-
-    class Stuck(FakeClassifier):
-        def run(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
-            if len(self.batch_sizes) >= settings.max_batch_size:  # past warm-up
-                self.running.set()
-                assert gate.wait(10)
-            return super().run(batch, narrow=narrow)
-
     settings.request_timeout_s = 0.05
-    stuck = Stuck()
+    stuck = StuckAfterWarmUp(settings.max_batch_size)
+    gate = stuck.gate
     app = create_app(settings, load_classifier=lambda _: stuck)
     with TestClient(app) as client:
         statuses: dict[str, int] = {}
@@ -191,12 +196,7 @@ def test_request_that_waited_past_its_deadline_is_504_and_never_runs(settings: S
         runs_before = len(stuck.batch_sizes)
         late = threading.Thread(target=post, args=("late",))
         late.start()
-        runner = app.state.runtime.service.runner
-        for _ in range(500):
-            if runner.queue_depth == 1:
-                break
-            threading.Event().wait(0.01)
-        assert runner.queue_depth == 1
+        wait_for_queue_depth(app, 1)
         threading.Event().wait(0.2)  # longer than the 50 ms REQUEST_TIMEOUT_S
         gate.set()
         first.join()

@@ -44,34 +44,41 @@ def multipart(data: bytes, boundary: str = "cpboundary") -> tuple[bytes, bytes, 
     return head + data, tail, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
+def start_slow_uploads(
+    server: Server, count: int, release: threading.Event
+) -> tuple[list[threading.Thread], list[int]]:
+    """`count` uploads of a real photo that send half their body, then wait for `release`.
+
+    Returns the client threads and the list their statuses are appended to."""
+    statuses: list[int] = []
+    first, rest, headers = multipart(photo_bytes())
+
+    def slow_upload() -> None:
+        def body() -> Iterator[bytes]:
+            yield first[: len(first) // 2]
+            release.wait(20)
+            yield first[len(first) // 2 :]
+            yield rest
+
+        response = httpx.post(server.url + "/infer", content=body(), headers=headers, timeout=60)
+        statuses.append(response.status_code)
+
+    uploads = [threading.Thread(target=slow_upload) for _ in range(count)]
+    for thread in uploads:
+        thread.start()
+    return uploads, statuses
+
+
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
     require_model(INT8_MODEL_PATH)  # the default precision
     env = {"SHUTDOWN_TIMEOUT_S": "30", "LOG_FORMAT": "json", "WORKERS": "1"}
     with running_server(tmp_path / "server.log", env, command=SERVE) as server:
         photo = photo_bytes()
+        # Uploads still arriving when SIGTERM comes were accepted, so they must be answered,
+        # however long the client takes (within SHUTDOWN_TIMEOUT_S).
         release = threading.Event()
-        statuses: list[int] = []
-
-        def slow_upload() -> None:
-            # Uploads still arriving when SIGTERM comes were accepted, so they must be
-            # answered, however long the client takes (within SHUTDOWN_TIMEOUT_S).
-            first, rest, headers = multipart(photo)
-
-            def body() -> Iterator[bytes]:
-                yield first[: len(first) // 2]
-                release.wait(20)
-                yield first[len(first) // 2 :]
-                yield rest
-
-            response = httpx.post(
-                server.url + "/infer", content=body(), headers=headers, timeout=60
-            )
-            statuses.append(response.status_code)
-
-        uploads = [threading.Thread(target=slow_upload) for _ in range(6)]
-        for thread in uploads:
-            thread.start()
+        uploads, statuses = start_slow_uploads(server, 6, release)
         with httpx.Client(base_url=server.url, timeout=10) as probe:
             in_flight = 0.0
             for _ in range(1500):  # all six uploads (and this scrape) are in flight
@@ -113,25 +120,7 @@ def test_sigterm_drains_every_worker_when_there_are_several(tmp_path: Path) -> N
                 break
             time.sleep(0.02)
         release = threading.Event()
-        statuses: list[int] = []
-
-        def slow_upload() -> None:
-            first, rest, headers = multipart(photo_bytes())
-
-            def body() -> Iterator[bytes]:
-                yield first[: len(first) // 2]
-                release.wait(20)
-                yield first[len(first) // 2 :]
-                yield rest
-
-            response = httpx.post(
-                server.url + "/infer", content=body(), headers=headers, timeout=60
-            )
-            statuses.append(response.status_code)
-
-        uploads = [threading.Thread(target=slow_upload) for _ in range(6)]
-        for thread in uploads:
-            thread.start()
+        uploads, statuses = start_slow_uploads(server, 6, release)
         in_flight = 0.0
         for _ in range(1500):  # summed over the workers (prometheus-client's livesum)
             text = httpx.get(server.url + "/metrics", timeout=10).text
