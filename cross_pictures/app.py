@@ -85,6 +85,13 @@ def warm_up(runner: ModelRunner, labels: int) -> None:
                 )
 
 
+def warm_up_calling_thread(runner: ModelRunner) -> None:
+    """One run per session on the thread that calls this (see ModelRunner.start)."""
+    one = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    for narrow in (False, True) if runner.lanes > 1 else (False,):
+        runner.run_sync(one, narrow=narrow)
+
+
 def create_app(
     settings: Settings | None = None, *, load_classifier: ClassifierLoader | None = None
 ) -> FastAPI:
@@ -121,7 +128,9 @@ def create_app(
         await anyio.to_thread.run_sync(warm_up, runner, len(classifier.labels))
         # The decode path too: its first call costs ~90 ms (Pillow's plugins, the pool thread).
         await runtime.service.prepare(warm_up_jpeg())
-        runner.start()
+        await anyio.to_thread.run_sync(
+            lambda: runner.start(warm_up=lambda: warm_up_calling_thread(runner))
+        )
         runtime.warmed_up = True
         logger.info("ready", extra={"max_batch_size": runner.max_batch_size, "lanes": runner.lanes})
         try:

@@ -114,15 +114,37 @@ class ModelRunner:
         """True while new work is taken."""
         return self._accepting
 
-    def start(self) -> None:
-        """Start the runner threads and accept work."""
-        self._accepting = True
+    def start(self, *, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the runner threads and accept work.
+
+        `warm_up` runs first on each runner thread, and start() returns once all have run it:
+        ONNX Runtime pays first-run costs per calling thread, not only per session (measured:
+        without it the first 1-3 requests after /ready took ~20 ms in the model instead of ~13).
+        """
+        warmed = threading.Barrier(self._lanes + 1)
+        failures: list[Exception] = []
+
+        def lane() -> None:
+            try:
+                if warm_up is not None:
+                    warm_up()
+            except Exception as exc:  # noqa: BLE001 - re-raised by start() on its own thread
+                failures.append(exc)
+            finally:
+                warmed.wait()
+            if not failures:
+                self._loop()
+
         self._threads = [
-            threading.Thread(target=self._loop, name=f"model-runner-{lane}", daemon=True)
-            for lane in range(self._lanes)
+            threading.Thread(target=lane, name=f"model-runner-{index}", daemon=True)
+            for index in range(self._lanes)
         ]
         for thread in self._threads:
             thread.start()
+        warmed.wait()
+        if failures:
+            raise failures[0]
+        self._accepting = True
 
     def stop_accepting(self) -> None:
         """Refuse new work; what is queued still runs."""

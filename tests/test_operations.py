@@ -112,7 +112,9 @@ def test_ready_is_200_after_warm_up_and_503_while_draining(client: TestClient) -
 def test_warm_up_runs_every_batch_size_before_ready(settings: Settings) -> None:
     fake = FakeClassifier()
     with TestClient(create_app(settings, load_classifier=lambda _: fake)) as client:
-        assert fake.batch_sizes == list(range(1, settings.max_batch_size + 1))
+        # Every batch size once, then one run on each runner thread (one lane here).
+        assert fake.batch_sizes == [*range(1, settings.max_batch_size + 1), 1]
+        assert len(fake.batch_sizes) == warm_up_runs(settings)
         assert client.get("/ready").status_code == 200
 
 
@@ -124,6 +126,11 @@ def wait_for_queue_depth(app: FastAPI, depth: int) -> None:
             break
         threading.Event().wait(0.01)
     assert runner.queue_depth == depth
+
+
+def warm_up_runs(settings: Settings) -> int:
+    """Model runs before ready, with a one-lane fake: every batch size, then the runner thread."""
+    return settings.max_batch_size + 1
 
 
 class StuckAfterWarmUp(FakeClassifier):
@@ -143,7 +150,7 @@ class StuckAfterWarmUp(FakeClassifier):
 
 def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
     settings.max_queue = 1
-    stuck = StuckAfterWarmUp(settings.max_batch_size)
+    stuck = StuckAfterWarmUp(warm_up_runs(settings))
     gate = stuck.gate
     app = create_app(settings, load_classifier=lambda _: stuck)
     with TestClient(app) as client:
@@ -177,7 +184,7 @@ def test_overload_is_503_at_once_and_counted(settings: Settings) -> None:
 
 def test_request_that_waited_past_its_deadline_is_504_and_never_runs(settings: Settings) -> None:
     settings.request_timeout_s = 0.05
-    stuck = StuckAfterWarmUp(settings.max_batch_size)
+    stuck = StuckAfterWarmUp(warm_up_runs(settings))
     gate = stuck.gate
     app = create_app(settings, load_classifier=lambda _: stuck)
     with TestClient(app) as client:
