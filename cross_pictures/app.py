@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -73,7 +74,7 @@ def warm_up(runner: ModelRunner, labels: int) -> None:
     """Run every batch size the runner will use once, wide and narrow, so no real request pays
     first-run costs; and check the output really has one score per label (a model whose output
     width is symbolic could not be checked when it loaded)."""
-    for narrow in (False, True) if runner.lanes > 1 else (False,):
+    for narrow in runner.modes:
         for size in range(1, runner.max_batch_size + 1):
             batch = np.zeros((size, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
             scores = runner.run_sync(batch, narrow=narrow)
@@ -88,7 +89,7 @@ def warm_up(runner: ModelRunner, labels: int) -> None:
 def warm_up_calling_thread(runner: ModelRunner) -> None:
     """One run per session on the thread that calls this (see ModelRunner.start)."""
     one = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    for narrow in (False, True) if runner.lanes > 1 else (False,):
+    for narrow in runner.modes:
         runner.run_sync(one, narrow=narrow)
 
 
@@ -129,7 +130,9 @@ def create_app(
         # The decode path too: its first call costs ~90 ms (Pillow's plugins, the pool thread).
         await runtime.service.prepare(warm_up_jpeg())
         await anyio.to_thread.run_sync(
-            lambda: runner.start(warm_up=lambda: warm_up_calling_thread(runner))
+            functools.partial(
+                runner.start, warm_up=functools.partial(warm_up_calling_thread, runner)
+            )
         )
         runtime.warmed_up = True
         logger.info("ready", extra={"max_batch_size": runner.max_batch_size, "lanes": runner.lanes})

@@ -37,7 +37,6 @@ class BatchStats:
     model_seconds: float
     queue_seconds: tuple[float, ...]
     expired: int
-    narrow: bool = False
 
 
 @dataclass(slots=True)
@@ -167,7 +166,8 @@ class ModelRunner:
         now, e.g. when the image began waiting for a decoder."""
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        job = _Job(tensor, loop.create_future(), loop, min(now, waiting_since or now), now)
+        since = now if waiting_since is None else min(now, waiting_since)
+        job = _Job(tensor, loop.create_future(), loop, since, now)
         with self._cond:
             if not self._accepting:
                 raise ModelNotReady("the service is not accepting work (starting or shutting down)")
@@ -183,6 +183,11 @@ class ModelRunner:
     def lanes(self) -> int:
         """Runner threads: narrow runs that may go at once under load."""
         return self._lanes
+
+    @property
+    def modes(self) -> tuple[bool, ...]:
+        """The `narrow` values runs may use: wide only, or wide and narrow with several lanes."""
+        return (False, True) if self._lanes > 1 else (False,)
 
     def run_sync(self, batch: FloatArray, *, narrow: bool = False) -> FloatArray:
         """Run a batch directly, bypassing the queue (warm-up before the threads start)."""
@@ -250,7 +255,7 @@ class ModelRunner:
         if not live:
             if self._on_batch is not None and expired:
                 # Count the expired ones even when nothing was left to run.
-                self._on_batch(BatchStats(0, 0.0, (), expired=expired, narrow=narrow))
+                self._on_batch(BatchStats(0, 0.0, (), expired=expired))
             return
         try:
             probabilities = self._classifier.run(
@@ -285,6 +290,5 @@ class ModelRunner:
                     model_seconds=model_s,
                     queue_seconds=tuple(started - job.submitted for job in live),
                     expired=expired,
-                    narrow=narrow,
                 )
             )

@@ -181,24 +181,30 @@ async def read_image_parts(
     timeout_s: float,
 ) -> list[bytes]:
     """The contents of every multipart part named `field`, each at most `max_part_bytes`."""
-    with slots.take() as reservation:
-        async with upload_deadline(timeout_s):
-            return await _read_image_parts(
-                request,
-                field=field,
-                max_part_bytes=max_part_bytes,
-                max_parts=max_parts,
-                reservation=reservation,
-            )
+    async with receiving(slots, timeout_s) as reservation:
+        return await _read_image_parts(
+            request,
+            field=field,
+            max_part_bytes=max_part_bytes,
+            max_parts=max_parts,
+            reservation=reservation,
+        )
+
+
+def declared_length(request: Request) -> int | None:
+    """The body length the client declared, when Content-Length is a plain number."""
+    value = request.headers.get("content-length", "").strip()
+    return int(value) if value.isdecimal() else None
 
 
 @asynccontextmanager
-async def upload_deadline(timeout_s: float) -> AsyncIterator[None]:
-    """Bound the time a body may take to arrive: a client that trickles it in (slow loris)
-    would otherwise hold an upload slot, and its memory, for ever."""
+async def receiving(slots: UploadSlots, timeout_s: float) -> AsyncIterator[Reservation]:
+    """An upload slot and its memory reservation for the time a body takes to arrive, which is
+    bounded: a client that trickles it in (slow loris) would otherwise hold both for ever."""
     try:
-        async with asyncio.timeout(timeout_s):
-            yield
+        with slots.take() as reservation:
+            async with asyncio.timeout(timeout_s):
+                yield reservation
     except TimeoutError:
         raise UploadTimeout(
             f"the upload did not arrive within UPLOAD_TIMEOUT_S={timeout_s:g} s; "
@@ -218,15 +224,15 @@ async def _read_image_parts(
             f"e.g. curl -F {field}=@photo.jpg",
         )
     body_limit = max_parts * max_part_bytes + MULTIPART_OVERHEAD_BYTES
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > body_limit:
-        # Refuse before reading a byte of an upload we would throw away.
-        raise UploadTooLarge(
-            f"the request body is {int(declared)} bytes, more than the "
-            f"{max_part_bytes}-byte limit per image (MAX_UPLOAD_BYTES); send a smaller file"
-        )
-    if declared.isdigit():
-        reservation.cover(int(declared))  # refuse now rather than halfway through the body
+    declared = declared_length(request)
+    if declared is not None:
+        if declared > body_limit:
+            # Refuse before reading a byte of an upload we would throw away.
+            raise UploadTooLarge(
+                f"the request body is {declared} bytes, more than the "
+                f"{max_part_bytes}-byte limit per image (MAX_UPLOAD_BYTES); send a smaller file"
+            )
+        reservation.cover(declared)  # refuse now rather than halfway through the body
     collector = _ImagePartCollector(field, max_part_bytes, max_parts)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0

@@ -36,7 +36,8 @@ from cross_pictures.api.uploads import (
     Reservation,
     UploadSlots,
     cancel_if_client_leaves,
-    upload_deadline,
+    declared_length,
+    receiving,
 )
 from cross_pictures.api.v2_schemas import (
     ErrorBody,
@@ -263,11 +264,11 @@ def _too_large(limit: int) -> ProtocolError:
 
 
 async def _read_body(request: Request, limit: int, reservation: Reservation) -> bytearray:
-    declared = request.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > limit:
-        raise _too_large(limit)  # refuse before reading a byte we would throw away
-    if declared.isdecimal():
-        reservation.cover(int(declared))
+    declared = declared_length(request)
+    if declared is not None:
+        if declared > limit:
+            raise _too_large(limit)  # refuse before reading a byte we would throw away
+        reservation.cover(declared)
     body = bytearray()
     try:
         async for chunk in request.stream():
@@ -659,9 +660,8 @@ async def _infer(
     _check_model(settings, name, version)
     service = _ready_service(state)
     service.admit()
-    with slots.take() as reservation:
-        async with upload_deadline(settings.upload_timeout_s):
-            body = await _read_body(request, body_limit(settings), reservation)
+    async with receiving(slots, settings.upload_timeout_s) as reservation:
+        body = await _read_body(request, body_limit(settings), reservation)
     header, binary = _split_header(request, body)
     infer = _parse_request(header)
     tensor = _the_input(infer)
